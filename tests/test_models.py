@@ -1,0 +1,137 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metaplastic_vit.binarize import BinaryLinear
+from metaplastic_vit.errors import UserError
+from metaplastic_vit.models import MODELS, TaskLocalState, create_model
+
+TINY = dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=32, depth=2, num_heads=4)
+
+# ALGORITHM.md section 4: (input binarized?, weight binarized?) per layer of each ViT variant.
+LAYER_MAP = {
+    "vit": {"attn.qkv": (False, False), "attn.proj": (False, False), "mlp.fc1": (False, False),
+            "mlp.fc2": (False, False), "head": (False, False)},
+    "bvit": {"attn.qkv": (True, False), "attn.proj": (False, False), "mlp.fc1": (True, True),
+             "mlp.fc2": (True, True), "head": (True, True)},
+    "hybrid": {"attn.qkv": (True, False), "attn.proj": (False, False), "mlp.fc1": (True, True),
+               "mlp.fc2": (False, False), "head": (True, False)},
+}
+# what feeds each layer, before any binarization
+FEEDS = {"attn.qkv": "norm1", "mlp.fc1": "norm2", "mlp.fc2": "mlp.act", "head": "norm"}
+
+
+def _capture(model, x):
+    """Record every module's input and output in one forward pass."""
+    seen = {}
+
+    def hook(name):
+        def fn(module, args, out):
+            seen[name] = (args[0].detach(), out.detach())
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("net", ["vit", "bvit", "hybrid"])
+def test_every_layer_matches_the_functional_computation(net):
+    torch.manual_seed(0)
+    model = create_model(net, **TINY).eval()
+    seen = _capture(model, torch.randn(3, 1, 8, 8))
+    for layer, (bin_in, bin_w) in LAYER_MAP[net].items():
+        for name in ([f"blocks.{i}.{layer}" for i in range(TINY["depth"])] if layer != "head" else ["head"]):
+            module = model.get_submodule(name)
+            x_in, out = seen[name]
+            if layer in FEEDS:  # the input the layer receives is sign(feed) or the feed itself
+                feed = seen[name[: -len(layer)] + FEEDS[layer]][1]
+                if layer == "head":
+                    feed = feed[:, 0]  # the class token
+                torch.testing.assert_close(x_in, feed.sign() if bin_in else feed, msg=f"{net} {name} input")
+            x_used = x_in.sign() if bin_in else x_in
+            w = module.weight.sign() if bin_w else module.weight
+            expected = F.linear(x_used, w)
+            if bin_w:
+                expected = expected / module.weight.shape[1] ** 0.5
+            expected = expected + module.bias
+            torch.testing.assert_close(out, expected, msg=f"{net} {name} output")
+            assert isinstance(module, BinaryLinear) == bin_w
+
+
+def test_vit_has_no_binary_part():
+    model = create_model("vit", **TINY)
+    assert not any(isinstance(m, BinaryLinear) for m in model.modules())
+    assert not any(getattr(m, "binary_input", False) for m in model.modules())
+
+
+def test_all_blocks_run():
+    """The seed's forward skipped the last block; every block must take part."""
+    model = create_model("bvit", **{**TINY, "depth": 4})
+    seen = _capture(model, torch.randn(2, 1, 8, 8))
+    assert all(f"blocks.{i}" in seen for i in range(4))
+
+
+def test_state_dict_keys_are_timms():
+    from timm.models.vision_transformer import VisionTransformer
+
+    ours = create_model("bvit", **TINY).state_dict()
+    timm_model = VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=2,
+                                   num_heads=4)
+    assert list(ours) == list(timm_model.state_dict())
+    timm_model.load_state_dict(ours)
+
+
+def test_new_variant_from_patterns_only():
+    model = create_model("vit", binary_weights=["blocks.*.attn.qkv", "blocks.*.attn.proj"],
+                         binary_inputs=["blocks.*.attn.proj"], **TINY)
+    assert isinstance(model.blocks[1].attn.qkv, BinaryLinear)
+    assert isinstance(model.blocks[0].attn.proj, BinaryLinear)
+    assert not isinstance(model.blocks[0].mlp.fc1, BinaryLinear)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_unknown_net_and_bad_sizes_are_clear_errors():
+    with pytest.raises(UserError, match="unknown net 'cnn'; choose one of vit, bvit, hybrid, bnn, dnn"):
+        create_model("cnn")
+    with pytest.raises(UserError, match="patch_size 3 does not divide img_size 8"):
+        create_model("vit", **{**TINY, "patch_size": 3})
+    with pytest.raises(UserError, match="unknown arch keys \\['embed_dim'\\] for net 'bnn'"):
+        create_model("bnn", embed_dim=3)
+
+
+def test_mlp_nets():
+    torch.manual_seed(0)
+    bnn = create_model("bnn", img_size=8, in_chans=1, num_classes=10, hidden=[16, 16])
+    dnn = create_model("dnn", img_size=8, in_chans=1, num_classes=10, hidden=[16, 16])
+    assert [type(bnn.get_submodule(f"fc{i}")) for i in (1, 2, 3)] == [BinaryLinear] * 3
+    assert bnn.fc1.scale == "none"
+    assert not any(isinstance(m, BinaryLinear) for m in dnn.modules())
+    x = torch.randn(5, 1, 8, 8)
+    h = F.batch_norm(F.linear(x.flatten(1), bnn.fc1.weight.sign()) + bnn.fc1.bias, None, None,
+                     bnn.bn1.weight, bnn.bn1.bias, training=True)
+    h = F.batch_norm(F.linear(h.sign(), bnn.fc2.weight.sign()) + bnn.fc2.bias, None, None,
+                     bnn.bn2.weight, bnn.bn2.bias, training=True)
+    h = F.batch_norm(F.linear(h.sign(), bnn.fc3.weight.sign()) + bnn.fc3.bias, None, None,
+                     bnn.bn3.weight, bnn.bn3.bias, training=True)
+    torch.testing.assert_close(bnn(x), h)
+    assert set(MODELS) >= {"vit", "bvit", "hybrid", "bnn", "dnn"}
+
+
+def test_task_local_state_round_trip():
+    model = create_model("bnn", img_size=8, in_chans=1, num_classes=10, hidden=[16])
+    bank = TaskLocalState(model, ["bn*"])
+    assert set(bank.modules) == {"bn1", "bn2"}
+    bank.save_task(0)
+    with torch.no_grad():
+        model.bn1.weight.add_(1.0)
+    changed = bank.snapshot()
+    weight = model.bn1.weight
+    bank.load(bank.saved[0])
+    assert model.bn1.weight is weight and torch.equal(model.bn1.weight, torch.ones(16))
+    bank.load(changed)
+    assert torch.equal(model.bn1.weight, torch.full((16,), 2.0))
+    with pytest.raises(UserError, match="match no module"):
+        TaskLocalState(model, ["ln*"])
