@@ -1,0 +1,139 @@
+"""Typed schema of the Hydra config, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` lists `schema` first in its defaults, so every composed config is merged onto these
+dataclasses: an unknown key or a value of the wrong type fails at composition, before any training.
+Value checks that types cannot express (ranges, names, lengths) live in `validate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from .errors import UserError
+
+
+@dataclass
+class NetConfig:
+    """Which model: a registered name plus optional pattern overrides (a new variant is data only)."""
+
+    name: str = MISSING  # label used in run names and reports
+    model: str = MISSING  # key of metaplastic_vit.models.MODELS (vit, bvit, hybrid, bnn, dnn, ...)
+    binary_weights: list[str] | None = None  # null: the model's own policy
+    binary_inputs: list[str] | None = None
+    binary_scale: str | None = None  # none | fan_in | mean_abs; null: the model's default
+    per_task: list[str] = field(default_factory=list)  # modules whose state is kept once per task
+    hidden: list[int] = field(default_factory=lambda: [1024, 1024])  # MLP widths (bnn/dnn)
+
+
+@dataclass
+class ArchConfig:
+    """ViT sizes; img_size null keeps the data's native size."""
+
+    img_size: int | None = None
+    patch_size: int = 2
+    embed_dim: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Where datasets live and how tasks are built from them."""
+
+    root: str = "data"
+    cache_dir: str | None = None  # null: <root>/.cache
+    download: bool = False
+    scenario: str = "auto"  # auto | domain | class | task
+    class_order_seed: int | None = None  # null: classes split in label order
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class OptimizerConfig:
+    """MetaplasticAdam settings beyond the top-level lr / decay / meta."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    meta_on: str = "all"  # all: every weight with >= 2 dims; binary: binary layers' weights only
+    fresh_per_task: bool = True  # the paper re-created the optimizer at every task
+    implementation: str = "auto"  # auto | compiled | foreach
+
+
+@dataclass
+class LoggerConfig:
+    """Result sinks: local files always; W&B when `wandb` is set."""
+
+    plots: bool = True
+    progress: str = "auto"  # auto: a bar on a terminal, one line per epoch otherwise; bar | lines | none
+    wandb: Any = None
+
+
+@dataclass
+class Config:
+    """The whole experiment. The seed's knobs are top-level keys so its commands translate one to one."""
+
+    net: NetConfig = MISSING
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: Any = None
+    meta: Any = 0.0  # a number, or a list with one value per metaplastic weight tensor
+    lr: float = 0.005
+    gamma: float = 1.0
+    decay: float = 1e-7
+    epochs_per_task: int = 20
+    task_sequence: list[str] = field(default_factory=lambda: ["pdigits", "pdigits", "pdigits"])
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 100
+    threads: int | None = None  # null: SLURM_CPUS_PER_TASK, else all cores
+    checkpoint: bool = True
+
+
+SCENARIOS = ("auto", "domain", "class", "task")
+META_ON = ("all", "binary")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore under the name `schema`."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and choice checks that the types cannot express; raises UserError with one line."""
+    meta = cfg.meta
+    metas = list(meta) if isinstance(meta, ListConfig | list) else [meta]
+    if not metas or not all(_number(m) and math.isfinite(m) and m >= 0 for m in metas):
+        raise UserError(f"meta must be a number >= 0 or a list of them, got {OmegaConf.to_object(meta) if isinstance(meta, ListConfig) else meta!r}")
+    checks = [
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.gamma > 0, f"gamma must be > 0, got {cfg.gamma}"),
+        (cfg.decay >= 0, f"decay must be >= 0, got {cfg.decay}"),
+        (cfg.epochs_per_task >= 1, f"epochs_per_task must be >= 1, got {cfg.epochs_per_task}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.data.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {cfg.data.eval_batch_size}"),
+        (len(cfg.task_sequence) >= 1, "task_sequence must name at least one task"),
+        (cfg.device in DEVICES or cfg.device.startswith("cuda:"),
+         f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)} or cuda:<index>"),
+        (cfg.data.scenario in SCENARIOS,
+         f"unknown data.scenario {cfg.data.scenario!r}; choose one of {', '.join(SCENARIOS)}"),
+        (cfg.optimizer.meta_on in META_ON,
+         f"unknown optimizer.meta_on {cfg.optimizer.meta_on!r}; choose one of {', '.join(META_ON)}"),
+        (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)

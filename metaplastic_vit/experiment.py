@@ -1,0 +1,109 @@
+"""Composition root: a validated config in, a trained and measured experiment out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .config import validate
+from .data import TaskSet, build_tasks, parse_task_sequence
+from .errors import UserError
+from .loggers import LocalSink, ProgressSink
+from .models import MODELS, create_model
+from .trainer import ContinualTrainer, Sink, TrainSettings
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change what is computed: a run may resume with other values for them.
+NON_SCIENTIFIC = ("logger", "paths", "threads", "device", "checkpoint", "data.root", "data.cache_dir",
+                  "data.download", "data.eval_batch_size", "optimizer.implementation")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present; asking for CUDA without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use the cores this job was given: `threads`, else SLURM_CPUS_PER_TASK, else torch's default."""
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A hash of the scientific part of the config: a checkpoint resumes only under the same one."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in NON_SCIENTIFIC:
+        *parents, leaf = key.split(".")
+        node = plain
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_model(cfg: DictConfig, data: TaskSet) -> nn.Module:
+    """The net named by `cfg.net`, sized by `cfg.arch` (ViT) or `cfg.net.hidden` (MLP) and by the data."""
+    net = cfg.net
+    if net.model not in MODELS:
+        raise UserError(f"unknown net.model {net.model!r}; choose one of {', '.join(MODELS)}")
+    arch: dict[str, Any] = {"img_size": data.img_size, "in_chans": data.in_chans,
+                            "num_classes": data.labels.num_classes}
+    if MODELS[net.model].family == "vit":
+        arch.update({k: v for k, v in OmegaConf.to_container(cfg.arch).items() if k != "img_size"})
+    else:
+        arch["hidden"] = list(net.hidden)
+    overrides = {k: (list(v) if v is not None and k != "binary_scale" else v)
+                 for k in ("binary_weights", "binary_inputs", "binary_scale") if (v := net.get(k)) is not None}
+    return create_model(net.model, **overrides, **arch)
+
+
+def make_sinks(cfg: DictConfig, run_dir: Path, total_epochs: int) -> list[Sink]:
+    """Local files and console progress always; W&B when `logger.wandb` is configured."""
+    sinks: list[Sink] = [LocalSink(run_dir, plots_enabled=cfg.logger.plots),
+                         ProgressSink(cfg.logger.progress, total_epochs)]
+    if cfg.logger.wandb is not None:
+        from .wandb_sink import WandbSink
+
+        sinks.append(WandbSink(cfg, run_dir))
+    return sinks
+
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Validate `cfg`, build data, model, optimizer settings and sinks, train, and return the results."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
+    family = MODELS[cfg.net.model].family if cfg.net.model in MODELS else None
+    data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, cfg.data.scenario,
+                       cfg.arch.img_size if family == "vit" else None, device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data).to(device)
+    meta = OmegaConf.to_object(cfg.meta) if OmegaConf.is_list(cfg.meta) else cfg.meta
+    settings = TrainSettings(
+        epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+        lr=cfg.lr, gamma=cfg.gamma, decay=cfg.decay, meta=meta, meta_on=cfg.optimizer.meta_on,
+        betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps, fresh_per_task=cfg.optimizer.fresh_per_task,
+        implementation=cfg.optimizer.implementation, seed=cfg.seed, per_task=list(cfg.net.per_task),
+        amp=device.type == "cuda", checkpoint=cfg.checkpoint)
+    base = {"config": OmegaConf.to_container(cfg, resolve=True), "run_dir": str(run_dir), "device": str(device),
+            "net": cfg.net.name, "meta": meta, "seed": cfg.seed,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    trainer = ContinualTrainer(model, data, settings, run_dir, fingerprint(cfg),
+                               make_sinks(cfg, run_dir, cfg.epochs_per_task * len(tasks)), base_results=base)
+    return trainer.run()
