@@ -117,7 +117,8 @@ def validate(cfg: DictConfig) -> None:
     meta = cfg.meta
     metas = list(meta) if isinstance(meta, ListConfig | list) else [meta]
     if not metas or not all(_number(m) and math.isfinite(m) and m >= 0 for m in metas):
-        raise UserError(f"meta must be a number >= 0 or a list of them, got {OmegaConf.to_object(meta) if isinstance(meta, ListConfig) else meta!r}")
+        shown = OmegaConf.to_object(meta) if isinstance(meta, ListConfig) else meta
+        raise UserError(f"meta must be a number >= 0 or a list of them, got {shown!r}")
     checks = [
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.gamma > 0, f"gamma must be > 0, got {cfg.gamma}"),
