@@ -1,22 +1,29 @@
 """Entry point: `python run.py [overrides]` trains one experiment; `python run.py -m ...` sweeps.
 
 Examples: `python run.py`, `python run.py -m net=bvit meta=0,0.5,1,1.35`, `python run.py -m +sweep=smoke`.
+Bad input ends with one `error: ...` line on stderr and exit code 2, a failed training (NaN loss) with
+exit code 3 (HYDRA_FULL_ERROR=1 shows tracebacks).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from metaplastic_vit.config import register
-from metaplastic_vit.errors import UserError
+from metaplastic_vit.errors import TrainingFailedError, UserError, one_line
 
 register()
 OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
+log = logging.getLogger("run")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -26,12 +33,30 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         results = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
-    except UserError as exc:
-        logging.getLogger("run").debug("user error", exc_info=True)
+    except (UserError, TrainingFailedError) as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; say which job failed now
+            log.error("error: %s", exc)
+            raise
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(2 if isinstance(exc, UserError) else 3) from None
     return results["avg_acc"]
 
 
+def cli() -> None:
+    """Run `main`, turning bad input (ours or Hydra's) into one line on stderr and exit code 2."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    try:
+        main()
+    except (UserError, HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except TrainingFailedError as exc:  # a sweep job failed; its results.json says why
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(3)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

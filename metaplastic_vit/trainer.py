@@ -23,7 +23,7 @@ from . import metrics
 from .atomic import save_torch
 from .binarize import BINARY_LAYERS
 from .data import TaskData, TaskSet
-from .errors import UserError
+from .errors import TrainingFailedError, UserError
 from .models import TaskLocalState
 from .optim import MetaplasticAdam
 
@@ -35,8 +35,8 @@ CHECKPOINT_FORMAT = 1
 ATTENUATED_BELOW = 0.5
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf."""
+class NonFiniteLossError(TrainingFailedError):
+    """The training loss or the parameters became NaN or inf."""
 
 
 @dataclass
@@ -249,6 +249,8 @@ class ContinualTrainer:
         loss = loss_sum.item() / n  # one host sync per epoch, none per step
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} on task {task.task.name}")
+        if not torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all():
+            raise NonFiniteLossError(f"parameters became NaN or inf on task {task.task.name}")
         return loss, 100.0 * correct.item() / n
 
     @torch.inference_mode()
