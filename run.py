@@ -15,14 +15,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from metaplastic_vit.config import register
 from metaplastic_vit.errors import TrainingFailedError, UserError, one_line
 
 register()
-OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
 log = logging.getLogger("run")
 
 
@@ -31,10 +30,13 @@ def main(cfg: DictConfig) -> float | None:
     """Run one experiment in Hydra's output directory; returns ACC (for sweepers that optimise it)."""
     from metaplastic_vit.experiment import run_experiment
 
+    hydra_cfg = HydraConfig.get()
+    local = "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     try:
-        results = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+        results = run_experiment(cfg, hydra_cfg.runtime.output_dir,
+                                 launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None)
     except (UserError, TrainingFailedError) as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; say which job failed now
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; say which job failed now
             log.error("error: %s", exc)
             raise
         print(f"error: {exc}", file=sys.stderr, flush=True)

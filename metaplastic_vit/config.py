@@ -8,6 +8,7 @@ Value checks that types cannot express (ranges, names, lengths) live in `validat
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,7 @@ class Config:
     batch_size: int = 100
     threads: int | None = None  # null: SLURM_CPUS_PER_TASK, else all cores
     checkpoint: bool = True
+    sweep_name: str = "adhoc"
 
 
 SCENARIOS = ("auto", "domain", "class", "task")
@@ -103,9 +105,18 @@ META_ON = ("all", "binary")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def local_batch(launcher_target: str, cpus_per_task: int | None) -> int | None:
+    """How many jobs the submitit local launcher may run at once: cores // cpus_per_task (else no limit)."""
+    if "LocalLauncher" not in launcher_target:
+        return None
+    return max(1, (os.cpu_count() or 1) // (cpus_per_task or 1))
+
+
 def register() -> None:
-    """Put the schema in Hydra's ConfigStore under the name `schema`."""
+    """Put the schema in Hydra's ConfigStore (as `schema`) and register the config's resolvers."""
     ConfigStore.instance().store(name="schema", node=Config)
+    OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
+    OmegaConf.register_new_resolver("local_batch", local_batch, replace=True)
 
 
 def _number(value: Any) -> bool:

@@ -36,11 +36,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int | None) -> None:
-    """Use the cores this job was given: `threads`, else SLURM_CPUS_PER_TASK, else torch's default."""
-    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
+def set_threads(threads: int | None, launcher_cpus: int | None = None) -> int:
+    """Use the cores this job was given: `threads`, else Slurm's or the local launcher's cpus_per_task,
+    else torch's default (all cores). Returns the thread count in use."""
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or launcher_cpus
     if threads:
         torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -82,11 +84,13 @@ def make_sinks(cfg: DictConfig, run_dir: Path, total_epochs: int) -> list[Sink]:
     return sinks
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Validate `cfg`, build data, model, optimizer settings and sinks, train, and return the results."""
+def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None) -> dict[str, Any]:
+    """Validate `cfg`, build data, model, optimizer settings and sinks, train, and return the results.
+
+    `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use."""
     validate(cfg)
     run_dir = Path(run_dir)
-    set_threads(cfg.threads)
+    threads = set_threads(cfg.threads, launcher_cpus)
     device = resolve_device(cfg.device)
     tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
     family = MODELS[cfg.net.model].family if cfg.net.model in MODELS else None
@@ -102,7 +106,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         implementation=cfg.optimizer.implementation, seed=cfg.seed, per_task=list(cfg.net.per_task),
         amp=device.type == "cuda", checkpoint=cfg.checkpoint)
     base = {"config": OmegaConf.to_container(cfg, resolve=True), "run_dir": str(run_dir), "device": str(device),
-            "net": cfg.net.name, "meta": meta, "seed": cfg.seed,
+            "net": cfg.net.name, "meta": meta, "seed": cfg.seed, "threads": threads,
             "parameters": sum(p.numel() for p in model.parameters())}
     trainer = ContinualTrainer(model, data, settings, run_dir, fingerprint(cfg),
                                make_sinks(cfg, run_dir, cfg.epochs_per_task * len(tasks)), base_results=base)

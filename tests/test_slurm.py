@@ -1,0 +1,127 @@
+"""Sweeps through the submitit launcher on a real Slurm cluster (scripts/slurm-local.sh up).
+
+They skip when no cluster is reachable, except in CI (CI set), where a missing Slurm is a failure.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, read_results, run_cli
+
+pytestmark = pytest.mark.slurm
+
+# A node without GPUs and little memory: the local test cluster.
+SLURM_ENV = {"METAPLASTIC_SLURM_GPUS": "0", "METAPLASTIC_SLURM_CPUS": "1", "METAPLASTIC_SLURM_MEM_GB": "1",
+             "METAPLASTIC_SLURM_TIMEOUT_MIN": "10"}
+# long enough (~10 s) to be signalled mid-run
+RUN = ["net=bvit", "meta=1.35", "epochs_per_task=8", "task_sequence=[pdigits,pdigits]", "logger.plots=false"]
+
+
+def _cluster_up() -> str | None:
+    """None when a Slurm controller answers, else why not."""
+    if not shutil.which("sinfo"):
+        return "Slurm client tools are not installed (scripts/slurm-local.sh up installs and starts a cluster)"
+    if not os.environ.get("SLURM_CONF") and not Path("/etc/slurm/slurm.conf").exists():
+        return "SLURM_CONF is not set: run eval \"$(scripts/slurm-local.sh up)\""
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return f"no Slurm controller answers ({proc.stderr.strip() or 'no nodes'})"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    reason = _cluster_up()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI needs a Slurm cluster: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def _job_logs(out: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(out.rglob(".submitit/*/*_log.*")))
+
+
+def test_two_job_sweep_runs_as_slurm_jobs(tmp_path):
+    start = time.monotonic()
+    proc = run_cli(["-m", "hydra/launcher=slurm", "net=bvit", "meta=0,1.35", "epochs_per_task=2",
+                    "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1", "logger.plots=false"],
+                   tmp_path, env=SLURM_ENV, check=True)
+    elapsed = time.monotonic() - start
+    results = sorted(tmp_path.glob("multirun/*/*/results.json"))
+    assert len(results) == 2, proc.stdout + proc.stderr
+    assert sorted(read_results(p.parent)["meta"] for p in results) == [0, 1.35]
+    assert all(read_results(p.parent)["status"] == "completed" for p in results)
+    job_dirs = sorted(p.name for p in tmp_path.glob("multirun/*/.submitit/*_*") if p.is_dir())
+    assert len(job_dirs) == 2  # one Slurm array task per job, named <jobid>_<index>
+    job_id = job_dirs[0].split("_")[0]
+    acct = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    sacct = subprocess.run(["sacct", "-n", "-X", "-j", job_id, "-o", "JobName%30,State"], capture_output=True,
+                           text=True)
+    assert "mvit-adhoc" in acct.stdout + sacct.stdout
+    assert "Exiting after successful completion" in _job_logs(tmp_path)
+    print(f"two-job Slurm sweep: {elapsed:.1f} s")
+
+
+def _running_job(out: Path, timeout: float = 120) -> str:
+    """Wait for the sweep's (single) job to have finished two epochs; return its Slurm id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = list(out.glob("multirun/*/*/metrics.csv"))
+        dirs = [p for p in out.glob("multirun/*/.submitit/*") if p.is_dir()]
+        if metrics and dirs and len(metrics[0].read_text().splitlines()) >= 3:
+            return dirs[0].name
+        time.sleep(0.1)
+    raise AssertionError("the Slurm job did not start training in time")
+
+
+def _reference(tmp_path, extra=()):
+    ref = tmp_path / "reference"
+    run_cli([*RUN, *extra, "threads=1", f"hydra.run.dir={ref}"], tmp_path, check=True)
+    return read_results(ref)
+
+
+def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, **SLURM_ENV, "METAPLASTIC_OUTPUT": str(out)}
+    start = time.monotonic()
+    sweep = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=slurm", *RUN], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = _running_job(out)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what a preempting scheduler sends
+    log, _ = sweep.communicate(timeout=300)
+    elapsed = time.monotonic() - start
+    assert sweep.returncode == 0, log
+    (path,) = out.glob("multirun/*/*/results.json")
+    res = read_results(path.parent)
+    assert res["status"] == "completed" and len(res["resumes"]) == 1
+    logs = _job_logs(out)
+    assert "Requeued job" in logs and "resuming from" in logs and "at task" in logs
+    expected = _reference(tmp_path)
+    assert res["epochs"] == expected["epochs"] and res["acc_matrix"] == expected["acc_matrix"]
+    print(f"preempt-resume cycle: {elapsed:.1f} s, resumed at {res['resumes']}")
+
+
+def test_timed_out_job_is_requeued_and_completes(tmp_path):
+    # time limit 1 min, USR2 45 s before it: the job is told it timed out ~15 s in, mid-run
+    extra = ["epochs_per_task=14"]
+    proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, *extra, "hydra.launcher.timeout_min=1",
+                    "hydra.launcher.signal_delay_s=45"], tmp_path / "sweep", env=SLURM_ENV, check=True, timeout=400)
+    (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")
+    res = read_results(path.parent)
+    assert res["status"] == "completed" and res["resumes"], proc.stdout
+    assert "this job is timed-out" in _job_logs(tmp_path / "sweep")
+    expected = _reference(tmp_path, extra)
+    assert res["acc_matrix"] == expected["acc_matrix"]
+
+
+def test_a_real_error_is_not_requeued(tmp_path):
+    proc = run_cli(["-m", "hydra/launcher=slurm", "net=bvit", "lr=-1", "epochs_per_task=1"], tmp_path,
+                   env=SLURM_ENV, timeout=200)
+    assert proc.returncode == 2 and "lr must be > 0" in proc.stderr
+    assert "Requeued" not in _job_logs(tmp_path)
