@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,7 +34,8 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     local = "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     try:
-        results = run_experiment(cfg, hydra_cfg.runtime.output_dir,
+        sweep_id = f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg.mode == RunMode.MULTIRUN else None
+        results = run_experiment(cfg, hydra_cfg.runtime.output_dir, sweep_id=sweep_id,
                                  launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None)
     except (UserError, TrainingFailedError) as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; say which job failed now

@@ -68,12 +68,25 @@ class OptimizerConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases run settings (logger=wandb)."""
+
+    mode: str = "auto"  # auto: online with credentials, else offline | online | offline | disabled
+    project: str = "metaplastic-vit"
+    entity: str | None = None
+    group: str | None = None  # null: the multirun sweep, so a meta sweep is one group
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None  # null: <net>-meta<meta>-s<seed>
+    init_timeout: float = 90.0
+
+
+@dataclass
 class LoggerConfig:
     """Result sinks: local files always; W&B when `wandb` is set."""
 
     plots: bool = True
     progress: str = "auto"  # auto: a bar on a terminal, one line per epoch otherwise; bar | lines | none
-    wandb: Any = None
+    wandb: WandbConfig | None = None
 
 
 @dataclass
@@ -101,6 +114,8 @@ class Config:
 
 
 SCENARIOS = ("auto", "domain", "class", "task")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+PROGRESS = ("auto", "bar", "lines", "none")
 META_ON = ("all", "binary")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -145,6 +160,11 @@ def validate(cfg: DictConfig) -> None:
         (cfg.optimizer.meta_on in META_ON,
          f"unknown optimizer.meta_on {cfg.optimizer.meta_on!r}; choose one of {', '.join(META_ON)}"),
         (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
+        (cfg.logger.progress in PROGRESS,
+         f"unknown logger.progress {cfg.logger.progress!r}; choose one of {', '.join(PROGRESS)}"),
+        (cfg.logger.wandb is None or cfg.logger.wandb.mode in WANDB_MODES,
+         f"unknown logger.wandb.mode {cfg.logger.wandb and cfg.logger.wandb.mode!r}; "
+         f"choose one of {', '.join(WANDB_MODES)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -16,7 +16,7 @@ from torch import nn
 from .config import validate
 from .data import TaskSet, build_tasks, parse_task_sequence
 from .errors import UserError
-from .loggers import LocalSink, ProgressSink
+from .loggers import LocalSink, ProgressSink, WandbSink
 from .models import MODELS, create_model
 from .trainer import ContinualTrainer, Sink, TrainSettings
 
@@ -73,21 +73,22 @@ def build_model(cfg: DictConfig, data: TaskSet) -> nn.Module:
     return create_model(net.model, **overrides, **arch)
 
 
-def make_sinks(cfg: DictConfig, run_dir: Path, total_epochs: int) -> list[Sink]:
-    """Local files and console progress always; W&B when `logger.wandb` is configured."""
+def make_sinks(cfg: DictConfig, run_dir: Path, total_epochs: int, sweep_id: str | None = None) -> list[Sink]:
+    """Local files and console progress always; W&B when `logger.wandb` is configured (grouped by sweep)."""
     sinks: list[Sink] = [LocalSink(run_dir, plots_enabled=cfg.logger.plots),
                          ProgressSink(cfg.logger.progress, total_epochs)]
     if cfg.logger.wandb is not None:
-        from .wandb_sink import WandbSink
-
-        sinks.append(WandbSink(cfg, run_dir))
+        sinks.append(WandbSink(OmegaConf.to_container(cfg.logger.wandb, resolve=True), run_dir,
+                               default_group=sweep_id))
     return sinks
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None) -> dict[str, Any]:
+def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None,
+                   sweep_id: str | None = None) -> dict[str, Any]:
     """Validate `cfg`, build data, model, optimizer settings and sinks, train, and return the results.
 
-    `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use."""
+    `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use;
+    `sweep_id`: names the multirun this job belongs to (the default W&B group)."""
     validate(cfg)
     run_dir = Path(run_dir)
     threads = set_threads(cfg.threads, launcher_cpus)
@@ -109,5 +110,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
             "net": cfg.net.name, "meta": meta, "seed": cfg.seed, "threads": threads,
             "parameters": sum(p.numel() for p in model.parameters())}
     trainer = ContinualTrainer(model, data, settings, run_dir, fingerprint(cfg),
-                               make_sinks(cfg, run_dir, cfg.epochs_per_task * len(tasks)), base_results=base)
+                               make_sinks(cfg, run_dir, cfg.epochs_per_task * len(tasks), sweep_id),
+                               base_results=base)
     return trainer.run()
