@@ -68,6 +68,17 @@ class OptimizerConfig:
 
 
 @dataclass
+class StrategyConfig:
+    """How earlier tasks are protected besides metaplasticity: naive, ewc, si, or joint (upper bound)."""
+
+    name: str = "naive"
+    ewc_lambda: float = 100.0  # EWC penalty strength (lambda/2 * sum F (theta - theta*)^2)
+    fisher_samples: int = 512  # samples of each task used for the Fisher
+    si_lambda: float = 1.0  # SI penalty strength c
+    si_damping: float = 0.1  # SI's xi
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases run settings (logger=wandb)."""
 
@@ -97,6 +108,7 @@ class Config:
     arch: ArchConfig = field(default_factory=ArchConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: Any = None
     meta: Any = 0.0  # a number, or a list with one value per metaplastic weight tensor
@@ -116,6 +128,7 @@ class Config:
 SCENARIOS = ("auto", "domain", "class", "task")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PROGRESS = ("auto", "bar", "lines", "none")
+STRATEGIES = ("naive", "ewc", "si", "joint")
 META_ON = ("all", "binary")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -160,6 +173,10 @@ def validate(cfg: DictConfig) -> None:
         (cfg.optimizer.meta_on in META_ON,
          f"unknown optimizer.meta_on {cfg.optimizer.meta_on!r}; choose one of {', '.join(META_ON)}"),
         (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
+        (cfg.strategy.name in STRATEGIES,
+         f"unknown strategy {cfg.strategy.name!r}; choose one of {', '.join(STRATEGIES)}"),
+        (cfg.strategy.ewc_lambda >= 0 and cfg.strategy.si_lambda >= 0 and cfg.strategy.si_damping > 0,
+         "strategy.ewc_lambda and si_lambda must be >= 0 and si_damping > 0"),
         (cfg.logger.progress in PROGRESS,
          f"unknown logger.progress {cfg.logger.progress!r}; choose one of {', '.join(PROGRESS)}"),
         (cfg.logger.wandb is None or cfg.logger.wandb.mode in WANDB_MODES,

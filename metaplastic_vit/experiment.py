@@ -105,9 +105,11 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
         lr=cfg.lr, gamma=cfg.gamma, decay=cfg.decay, meta=meta, meta_on=cfg.optimizer.meta_on,
         betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps, fresh_per_task=cfg.optimizer.fresh_per_task,
         implementation=cfg.optimizer.implementation, seed=cfg.seed, per_task=list(cfg.net.per_task),
-        amp=device.type == "cuda", checkpoint=cfg.checkpoint)
+        amp=device.type == "cuda", checkpoint=cfg.checkpoint, strategy=cfg.strategy.name,
+        ewc_lambda=cfg.strategy.ewc_lambda, si_lambda=cfg.strategy.si_lambda, si_damping=cfg.strategy.si_damping,
+        fisher_samples=cfg.strategy.fisher_samples)
     base = {"config": OmegaConf.to_container(cfg, resolve=True), "run_dir": str(run_dir), "device": str(device),
-            "net": cfg.net.name, "meta": meta, "seed": cfg.seed, "threads": threads,
+            "net": cfg.net.name, "meta": meta, "seed": cfg.seed, "strategy": cfg.strategy.name, "threads": threads,
             "parameters": sum(p.numel() for p in model.parameters())}
     trainer = ContinualTrainer(model, data, settings, run_dir, fingerprint(cfg),
                                make_sinks(cfg, run_dir, cfg.epochs_per_task * len(tasks), sweep_id),

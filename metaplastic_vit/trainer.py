@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from .data import TaskData, TaskSet
 from .errors import TrainingFailedError, UserError
 from .models import TaskLocalState
 from .optim import MetaplasticAdam
+from .regularizers import EWC, SI, Regularizer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,30 @@ class TrainSettings:
     per_task: Sequence[str] = ()
     amp: bool = False  # bf16 autocast (CUDA)
     checkpoint: bool = True
+    strategy: str = "naive"  # naive | ewc | si | joint
+    ewc_lambda: float = 100.0
+    si_lambda: float = 1.0
+    si_damping: float = 0.1
+    fisher_samples: int = 512
+
+
+
+def make_regularizer(model: nn.Module, s: TrainSettings) -> Regularizer | None:
+    """The EWC / SI penalty of the strategy, or None."""
+    if s.strategy == "ewc":
+        return EWC(model, s.ewc_lambda, s.fisher_samples)
+    if s.strategy == "si":
+        return SI(model, s.si_lambda, s.si_damping)
+    return None
+
+
+def joint_batches(tasks: Sequence[TaskData], batch_size: int,
+                  generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches mixing every task in equal parts (the paper's interleaved training: the upper bound)."""
+    per_task = max(1, batch_size // len(tasks))
+    streams = [t.batches("train", per_task, generator) for t in tasks]
+    for parts in zip(*streams, strict=False):
+        yield torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 class Sink:
@@ -151,6 +176,10 @@ class ContinualTrainer:
         self.layers = diagnostic_layers(model)
         self.layer_meta = self._layer_meta()
         self.generator = torch.Generator().manual_seed(settings.seed)
+        self.regularizer = make_regularizer(model, settings)
+        if settings.strategy == "joint" and data.scenario == "task":
+            raise UserError("strategy=joint mixes tasks in every batch, which the task scenario's per-task "
+                            "output masks do not allow; use data.scenario=domain or class")
         self.optimizer: MetaplasticAdam | None = None
         self.task_start_signs: dict[str, torch.Tensor] = {}
         self.state = _State()
@@ -179,6 +208,18 @@ class ContinualTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._task_lr(task)
         self.task_start_signs = {n: m.weight.detach().sign().to(torch.int8) for n, m in self.layers.items()}
+        if self.regularizer is not None:
+            self.regularizer.begin_task()
+
+    def _end_task(self, task: TaskData) -> None:
+        """Let the regularizer measure the task just learned (EWC's Fisher, SI's importance)."""
+        if self.regularizer is None:
+            return
+        batch_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+                          for m in self.model.modules())
+        self.model.eval()  # norms with batch statistics need batches of more than one sample
+        self.regularizer.end_task(task.batches("train", 64 if batch_stats else 1),
+                                  lambda x, y: F.cross_entropy(self._logits(x, task), y))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -191,6 +232,7 @@ class ContinualTrainer:
             "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "state": self.state.__dict__,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "bank": self.bank.saved if self.bank else None, "generator": self.generator.get_state(),
+            "regularizer": self.regularizer.state_dict() if self.regularizer else None,
             "torch_rng": torch.get_rng_state(), "task_start_signs": self.task_start_signs,
         })
 
@@ -216,6 +258,8 @@ class ContinualTrainer:
         self.generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.task_start_signs = ckpt["task_start_signs"]
+        if self.regularizer is not None:
+            self.regularizer.load_state_dict(ckpt["regularizer"])
         if ckpt["optimizer"] is not None and self.state.next_task < len(self.data.tasks):
             self.optimizer = self._new_optimizer(self.state.next_task)
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -233,19 +277,31 @@ class ContinualTrainer:
         return logits
 
     def _train_epoch(self, task: TaskData) -> tuple[float, float]:
-        """One pass over the task's training set; returns mean loss and accuracy (percent)."""
+        """One pass over the task's training set (every task's, for joint training); returns the mean task
+        loss (without penalty) and the accuracy (percent)."""
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for x, y in task.batches("train", self.s.batch_size, self.generator):
+        n = 0
+        reg = self.regularizer
+        if self.s.strategy == "joint":
+            batches = joint_batches(self.data.tasks, self.s.batch_size, self.generator)
+        else:
+            batches = task.batches("train", self.s.batch_size, self.generator)
+        for x, y in batches:
             logits = self._logits(x, task)
             loss = F.cross_entropy(logits, y)
+            penalty = reg.penalty() if reg is not None else None
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if penalty is None else loss + penalty).backward()
+            if reg is not None:
+                reg.before_step()
             self.optimizer.step()
+            if reg is not None:
+                reg.after_step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
-        n = task.num_train()
+            n += len(y)
         loss = loss_sum.item() / n  # one host sync per epoch, none per step
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss is {loss} on task {task.task.name}")
@@ -360,6 +416,7 @@ class ContinualTrainer:
                 last_epoch = st.next_epoch == self.s.epochs_per_task - 1
                 if last_epoch:
                     st.acc_matrix.append(test_acc)
+                    self._end_task(task)
                     if self.bank:
                         self.bank.save_task(i)
                     hist = self.histograms()

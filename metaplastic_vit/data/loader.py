@@ -60,9 +60,6 @@ class TaskData:
     permutation: torch.Tensor | None
     size: int | None  # resize target, None for the native size
 
-    def num_train(self) -> int:  # noqa: D102
-        return len(self.train_idx)
-
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, permuted and resized as the task says."""
         x = (x.float().div_(255) - self.images.mean) / self.images.std
