@@ -80,9 +80,9 @@ def test_layerwise_meta_and_task_scenario(cli):
 
 @pytest.mark.parametrize("strategy", ["ewc", "si", "joint"])
 def test_every_strategy_runs(cli, strategy):
-    cli(f"strategy={strategy}", *TINY, check=True)
+    cli(f"strategy={strategy}", "net=bnn", "net.hidden=[64]", *TINY, check=True)
     (path,) = cli.out.glob("runs/*/results.json")
     res = read_results(path.parent)
     assert res["status"] == "completed" and res["strategy"] == strategy
     if strategy == "joint":  # every epoch sees both tasks: task 2 is learned before its turn
-        assert res["acc_matrix"][0][1] > 30
+        assert res["acc_matrix"][0][1] > 50
