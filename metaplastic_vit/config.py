@@ -140,10 +140,15 @@ def local_batch(launcher_target: str, cpus_per_task: int | None) -> int | None:
     return max(1, (os.cpu_count() or 1) // (cpus_per_task or 1))
 
 
+def run_dirname(overrides: str) -> str:
+    """A run directory name from the command-line overrides ("default" without any); no path separators."""
+    return (overrides or "default").replace("/", "_")
+
+
 def register() -> None:
     """Put the schema in Hydra's ConfigStore (as `schema`) and register the config's resolvers."""
     ConfigStore.instance().store(name="schema", node=Config)
-    OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
+    OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
     OmegaConf.register_new_resolver("local_batch", local_batch, replace=True)
 
 

@@ -112,3 +112,21 @@ def test_kill_minus_nine_then_same_command_resumes_to_identical_results(tmp_path
         assert resumed["epochs"] == expected["epochs"]
         assert resumed["acc_matrix"] == expected["acc_matrix"]
         assert json.dumps(resumed["histograms"]) == json.dumps(expected["histograms"])
+
+
+def test_parallel_sweep_jobs_share_nothing_but_a_safe_cache(cli, tmp_path):
+    """Four jobs at once through the local submitit launcher, all building the same dataset cache first."""
+    from fakes import write_fake_mnist
+
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=100)
+    proc = cli("-m", "hydra/launcher=local", "hydra.sweeper.max_batch_size=4", "meta=0,1,2,3",
+               "task_sequence=[pmnist,pmnist]", f"data.root={tmp_path / 'data'}", "arch.patch_size=7",
+               *TINY[:1], *TINY[2:], check=True)
+    results = sorted(cli.out.glob("multirun/*/*/results.json"))
+    assert len(results) == 4, proc.stdout + proc.stderr
+    by_meta = {read_results(p.parent)["meta"]: p.parent for p in results}
+    assert sorted(by_meta) == [0, 1, 2, 3]  # each job wrote its own directory, with its own config
+    for meta, job_dir in by_meta.items():
+        assert f"meta={meta}," in job_dir.name and read_results(job_dir)["status"] == "completed"
+    assert len(list((tmp_path / "data" / ".cache").glob("mnist-*.pt"))) == 1
+    assert not list((tmp_path / "data" / ".cache").glob("*.tmp"))
