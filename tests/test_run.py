@@ -86,3 +86,24 @@ def test_every_strategy_runs(cli, strategy):
     assert res["status"] == "completed" and res["strategy"] == strategy
     if strategy == "joint":  # every epoch sees both tasks: task 2 is learned before its turn
         assert res["acc_matrix"][0][1] > 50
+
+
+def test_seed_task_split_on_a_tiny_imagenet_layout(cli, tmp_path):
+    """imgnet-5 from the official tiny-imagenet-200 layout (a small fake), resized on the fly."""
+    from fakes import write_fake_tinyimagenet
+
+    write_fake_tinyimagenet(tmp_path / "data", n_classes=200, n_train_per_class=2, n_val_per_class=1)
+    cli("net=hybrid", "task_sequence=[imgnet-5]", f"data.root={tmp_path / 'data'}", "arch.img_size=32",
+        "arch.patch_size=8", *TINY[:1], *TINY[2:], check=True)
+    (path,) = cli.out.glob("runs/*/results.json")
+    res = read_results(path.parent)
+    assert res["scenario"] == "class" and len(res["tasks"]) == 5
+    assert res["config"]["arch"]["img_size"] == 32
+
+
+def test_a_dataset_with_the_wrong_class_count_is_refused(cli, tmp_path):
+    from fakes import write_fake_tinyimagenet
+
+    write_fake_tinyimagenet(tmp_path / "data", n_classes=3)
+    proc = cli("task_sequence=[imgnet-5]", f"data.root={tmp_path / 'data'}", *TINY[:1], *TINY[2:])
+    assert proc.returncode == 2 and "has 3 classes, the task sequence expects the official 200" in proc.stderr

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..errors import DataError, UserError
 from .sources import ImageData, load_dataset
-from .tasks import LabelSpace, Task, label_space, resolve_scenario
+from .tasks import LabelSpace, Task, dataset_classes, label_space, resolve_scenario
 
 
 @dataclass
@@ -111,7 +111,12 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
     images: dict[str, DeviceImages] = {}
     for task in tasks:
         if task.dataset not in images:
-            images[task.dataset] = DeviceImages.put(load_dataset(task.dataset, root, cache_dir, download), device)
+            data = load_dataset(task.dataset, root, cache_dir, download)
+            expected = dataset_classes(task.dataset)
+            if len(data.classes) != expected:
+                raise DataError(f"{task.dataset} under {root} has {len(data.classes)} classes, the task sequence "
+                                f"expects the official {expected}")
+            images[task.dataset] = DeviceImages.put(data, device)
     shapes = {name: tuple(im.train_x.shape[1:]) for name, im in images.items()}
     chans = {s[0] for s in shapes.values()}
     if len(chans) > 1 or (img_size is None and len(set(shapes.values())) > 1):

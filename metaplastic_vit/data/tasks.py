@@ -111,6 +111,11 @@ class LabelSpace:
         return torch.tensor(task.classes) + self.offsets[task.dataset]
 
 
+def dataset_classes(dataset: str) -> int:
+    """The official number of classes of a dataset (by its name in sources.DATASETS)."""
+    return next(n for d, n in DATASETS.values() if d == dataset)
+
+
 def label_space(tasks: Sequence[Task], scenario: str) -> LabelSpace:
     """One head for the whole sequence: the largest task (domain) or every dataset's classes (class/task)."""
     if scenario == "domain":
@@ -121,5 +126,5 @@ def label_space(tasks: Sequence[Task], scenario: str) -> LabelSpace:
     for t in tasks:
         if t.dataset not in offsets:
             offsets[t.dataset] = total
-            total += next(n for d, n in DATASETS.values() if d == t.dataset)
+            total += dataset_classes(t.dataset)
     return LabelSpace(total, offsets)
