@@ -9,13 +9,14 @@ import netrc
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from . import plots
 from .atomic import atomic_write, write_json
-from .trainer import Sink, describe
+from .trainer import Sink
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,22 @@ def csv_rows(records: list[dict[str, Any]], n_tasks: int) -> list[dict[str, Any]
             row.update({f"{layer}/{k}": v for k, v in values.items()})
         rows.append(row)
     return rows
+
+
+def describe(results: dict[str, Any], write: Callable[[str], None]) -> None:
+    """Write the accuracy matrix and ACC / BWT / forgetting as a short table."""
+    names = results["tasks"]
+    width = max(8, *(len(n) for n in names))
+    write("accuracy matrix (%): row = after training task, column = tested task")
+    write(" " * width + "".join(f"{n:>{width + 1}}" for n in names))
+    for name, row in zip(names, results["acc_matrix"], strict=False):
+        write(f"{name:<{width}}" + "".join(f"{a:>{width + 1}.1f}" for a in row))
+
+    def fmt(key: str) -> str:
+        value = results.get(key)
+        return "n/a" if value is None else f"{value:+.2f}" if key != "avg_acc" else f"{value:.2f}"
+
+    write(f"ACC {fmt('avg_acc')}  BWT {fmt('bwt')}  forgetting {fmt('forgetting')}  FWT {fmt('fwt')}")
 
 
 class LocalSink(Sink):

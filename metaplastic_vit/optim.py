@@ -9,33 +9,51 @@ function runs eagerly or compiled by torch.compile into one fused pass per tenso
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
 from torch.optim import Optimizer
 
 from .errors import UserError
 
+log = logging.getLogger(__name__)
+
 Implementation = Literal["auto", "compiled", "foreach"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "compiled", "foreach")
+
+# "auto" compiles on CPU from this many parameters per step call. Compiling costs seconds once per process
+# and model (about 10-25 s on 2 cores with an empty inductor cache, a few with it filled) and saves about
+# 10-13 ms per million parameters per step over foreach there: from 1 M parameters it pays off within about
+# a thousand steps (one epoch of MNIST), below it only in runs longer than the embedded default's 900 steps.
+# Measured with benchmarks/bench_optimizer.py.
+AUTO_COMPILE_MIN_PARAMS_CPU = 1_000_000
 
 _NEG_2_OVER_LN2 = -2 / math.log(2)  # exp(y) = 2^(y / ln 2)
 
 
+def _applies(meta: float | torch.Tensor) -> bool:
+    """Whether the rule acts on a tensor: for a number when it is not 0, always for a 0-dim tensor (whose
+    value the compiled step does not specialize on; 0 then gives exactly Adam's step, f_meta = 1)."""
+    return isinstance(meta, torch.Tensor) or meta != 0
+
+
 def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                            exp_avg_sqs: list[torch.Tensor], metas: list[float], step_size: float | torch.Tensor,
-                            bias_correction2_sqrt: float | torch.Tensor, beta1: float, beta2: float, eps: float,
-                            weight_decay: float) -> None:
+                            exp_avg_sqs: list[torch.Tensor], metas: list[float | torch.Tensor],
+                            step_size: float | torch.Tensor, bias_correction2_sqrt: float | torch.Tensor,
+                            beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """One metaplastic Adam step in place on lists of tensors.
 
-    `metas[i]` is the coefficient of tensor i (0 for tensors the rule leaves alone, e.g. 1-D ones).
-    The compiled version takes the step-dependent scalars as 0-dim tensors, so it never recompiles as
-    steps go on; eagerly they are Python floats, as in torch.optim.Adam.
+    `metas[i]` is the coefficient of tensor i: a number (0 for tensors the rule leaves alone, e.g. 1-D
+    ones) or a 0-dim tensor (always applied). The compiled version takes the metas of the weights and the
+    step-dependent scalars as 0-dim tensors, so it never recompiles as steps go on or meta changes;
+    eagerly they are Python floats, as in torch.optim.Adam.
     Every op here has an inductor lowering, so torch.compile turns the whole step into one fused loop
     per tensor (reading W, g, m, v once and writing W, m, v once); keep it that way when editing: an op
-    without one (e.g. _foreach_tanh, _foreach_exp, a per-tensor scalar list) runs as separate eager
+    without one (e.g. _foreach_tanh, _foreach_exp, a list of Python scalars) runs as separate eager
     passes and allocations in the middle of the compiled step, several times slower on CPU.
     """
     if weight_decay != 0:
@@ -45,18 +63,16 @@ def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
 
     moments = list(exp_avgs)
-    meta_idx = [i for i, meta in enumerate(metas) if meta != 0]
+    meta_idx = [i for i, meta in enumerate(metas) if _applies(meta)]
     if meta_idx:
         weights = [params[i] for i in meta_idx]
         firsts = [exp_avgs[i] for i in meta_idx]
         # f_meta = 1 - tanh^2(x) = sech^2(x) = 4 e / (1 + e)^2 with x = meta * |W| and e = exp(-2x) in (0, 1]:
         # one exponential, no overflow, and accurate where f_meta is tiny (1 - tanh^2 cancels there).
-        # exp(-2x) is computed as 2^(-2x / ln 2), which inductor lowers to a vector exp2.
-        scaled = torch._foreach_abs(weights)
-        for meta in dict.fromkeys(metas[i] for i in meta_idx):  # one multiply per distinct meta, usually one
-            torch._foreach_mul_([s for s, i in zip(scaled, meta_idx, strict=True) if metas[i] == meta],
-                                meta * _NEG_2_OVER_LN2)
-        quarter_f = torch._foreach_pow(2.0, scaled)  # e
+        # e is computed as 2^(-2x / ln 2), which inductor lowers to a vector exp2.
+        exponents = torch._foreach_abs(weights)
+        torch._foreach_mul_(exponents, [metas[i] * _NEG_2_OVER_LN2 for i in meta_idx])
+        quarter_f = torch._foreach_pow(2.0, exponents)  # e, divided in place by (1 + e)^2 below
         one_plus_e_sq = torch._foreach_add(quarter_f, 1.0)
         torch._foreach_mul_(one_plus_e_sq, one_plus_e_sq)
         torch._foreach_div_(quarter_f, one_plus_e_sq)  # e / (1 + e)^2 = f_meta / 4
@@ -83,7 +99,7 @@ _compiled_update: Callable[..., None] | None = None
 
 
 def _compiled() -> Callable[..., None]:
-    """The update compiled once per process (torch.compile caches one graph per group layout)."""
+    """The update compiled once per process (torch.compile caches one graph per model layout)."""
     global _compiled_update
     if _compiled_update is None:
         _compiled_update = torch.compile(metaplastic_adam_update, dynamic=False, fullgraph=True)
@@ -96,7 +112,10 @@ class MetaplasticAdam(Optimizer):
     `meta` is a per-param-group value, so layer-wise meta is a list of param groups. It applies to
     tensors with two or more dimensions; 1-D tensors (biases, norms) get plain Adam.
     `implementation`: "foreach" (eager multi-tensor ops), "compiled" (torch.compile of the same math),
-    or "auto" (compiled on CUDA, foreach on CPU where compiling costs more than a short run saves).
+    or "auto": compiled on CUDA, and on CPU for AUTO_COMPILE_MIN_PARAMS_CPU parameters or more (smaller
+    models take fewer steps than it needs to pay off its compile time); foreach when compiling fails.
+    Param groups that share lr, betas, eps, weight decay and step count are updated in one call (one
+    compiled graph per model, whatever the number of meta values).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -113,13 +132,19 @@ class MetaplasticAdam(Optimizer):
         for group in self.param_groups:
             _check_meta(group["meta"])
         self.implementation = implementation
+        self._compile_failed = False  # "auto" then stays on foreach
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:  # noqa: D102
         super().add_param_group(param_group)
         _check_meta(self.param_groups[-1]["meta"])
 
-    def _compiles(self, device: torch.device) -> bool:
-        return self.implementation == "compiled" or (self.implementation == "auto" and device.type == "cuda")
+    def compiles(self, params: list[torch.Tensor]) -> bool:
+        """Whether a step call on `params` (tensors on one device) runs compiled."""
+        if self.implementation != "auto":
+            return self.implementation == "compiled"
+        if self._compile_failed:
+            return False
+        return params[0].device.type == "cuda" or sum(p.numel() for p in params) >= AUTO_COMPILE_MIN_PARAMS_CPU
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # noqa: D102
@@ -127,6 +152,7 @@ class MetaplasticAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        calls: dict[tuple, list[tuple[torch.Tensor, float]]] = {}  # shared settings -> (param, meta)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -140,21 +166,42 @@ class MetaplasticAdam(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = state["step"] + 1  # a new tensor: never shared with a loaded state dict
-            beta1, beta2 = group["betas"]
-            step = float(self.state[params[0]]["step"])
-            step_size = group["lr"] / (1 - beta1**step)
+            settings = (params[0].device, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
+                        float(self.state[params[0]]["step"]))
+            meta = float(group["meta"])
+            calls.setdefault(settings, []).extend((p, meta) for p in params)
+        for (device, lr, beta1, beta2, eps, weight_decay, step), members in calls.items():
+            params = [p for p, _ in members]
+            args = (params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                    [self.state[p]["exp_avg_sq"] for p in params])
+            step_size = lr / (1 - beta1**step)
             bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-            update = metaplastic_adam_update
-            if self._compiles(params[0].device):
-                update = _compiled()
-                step_size = torch.tensor(step_size, device=params[0].device)
-                bias_correction2_sqrt = torch.tensor(bias_correction2_sqrt, device=params[0].device)
-            metas = [float(group["meta"]) if p.dim() >= 2 else 0.0 for p in params]
-            update(
-                params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-                [self.state[p]["exp_avg_sq"] for p in params], metas, step_size, bias_correction2_sqrt,
-                beta1, beta2, group["eps"], group["weight_decay"])
+            if self.compiles(params):
+                # float64 like the Python floats of the eager step: meta * constant rounds the same way
+                values = {meta: torch.tensor(meta, dtype=torch.float64, device=device)
+                          for p, meta in members if p.dim() >= 2}
+                metas = [values[meta] if p.dim() >= 2 else 0.0 for p, meta in members]
+                if self._run_compiled(*args, metas, torch.tensor(step_size, device=device),
+                                      torch.tensor(bias_correction2_sqrt, device=device),
+                                      beta1, beta2, eps, weight_decay):
+                    continue
+            metaplastic_adam_update(*args, [meta if p.dim() >= 2 else 0.0 for p, meta in members], step_size,
+                                    bias_correction2_sqrt, beta1, beta2, eps, weight_decay)
         return loss
+
+    def _run_compiled(self, *args: Any) -> bool:
+        """Run the compiled update; False (nothing done) when "auto" cannot compile it, e.g. without a C++
+        compiler or past dynamo's recompile limit, which then stays on foreach."""
+        try:
+            _compiled()(*args)
+        except (BackendCompilerFailed, FailOnRecompileLimitHit) as exc:
+            if self.implementation == "compiled":
+                raise
+            log.warning("MetaplasticAdam: compiling the step failed (%s); using the foreach implementation",
+                        " ".join(str(exc).split())[:300])
+            self._compile_failed = True
+            return False
+        return True
 
 
 def _check_meta(meta: Any) -> None:

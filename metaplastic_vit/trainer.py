@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,13 +320,14 @@ class ContinualTrainer:
     def test_all(self, current: int) -> list[float]:
         """Accuracy on every task; tasks finished before `current` use their own per-task state."""
         start = time.perf_counter()
-        now = self.bank.snapshot() if self.bank else None
+        now = self.bank.snapshot() if self.bank and current else None
         accs = []
         for j, task in enumerate(self.data.tasks):
-            if self.bank and j < min(current, len(self.bank.saved)):
+            own_state = self.bank is not None and j < current
+            if own_state:
                 self.bank.load(self.bank.saved[j])
             accs.append(self._test(task))
-            if self.bank and j < current:
+            if own_state:
                 self.bank.load(now)
         self.state.eval_time += time.perf_counter() - start
         return accs
@@ -436,18 +437,3 @@ class ContinualTrainer:
         self._emit("finish", results)
         return results
 
-
-def describe(results: dict[str, Any], write: Callable[[str], None]) -> None:
-    """Write the accuracy matrix and ACC / BWT / forgetting as a short table."""
-    names = results["tasks"]
-    width = max(8, *(len(n) for n in names))
-    write("accuracy matrix (%): row = after training task, column = tested task")
-    write(" " * width + "".join(f"{n:>{width + 1}}" for n in names))
-    for name, row in zip(names, results["acc_matrix"], strict=False):
-        write(f"{name:<{width}}" + "".join(f"{a:>{width + 1}.1f}" for a in row))
-
-    def fmt(key: str) -> str:
-        value = results.get(key)
-        return "n/a" if value is None else f"{value:+.2f}" if key != "avg_acc" else f"{value:.2f}"
-
-    write(f"ACC {fmt('avg_acc')}  BWT {fmt('bwt')}  forgetting {fmt('forgetting')}  FWT {fmt('fwt')}")
