@@ -15,7 +15,7 @@ def sweep(tmp_path_factory):
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("sweep")
-    run_cli(["-m", "meta=0,1.35", "seed=0,1", *TINY], out, check=True)
+    run_cli(["-m", "net=bvit", "meta=0,1.35", "seed=0,1", *TINY], out, check=True)
     (sweep_dir,) = out.glob("multirun/*")
     return sweep_dir
 

@@ -22,8 +22,11 @@ def test_single_run_writes_complete_results(cli):
     first = res["epochs"][0]
     assert {"task", "epoch", "train_loss", "train_acc", "test_acc", "diagnostics"} <= set(first)
     assert len(first["test_acc"]) == 2  # every task is tested after every epoch
-    assert set(first["diagnostics"]) == {"blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "head"}
-    assert res["config"]["net"]["name"] == "bvit" and res["config"]["epochs_per_task"] == 2
+    # the default net: every linear map binary, per-task LayerNorm
+    assert set(first["diagnostics"]) == {"patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj",
+                                         "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "head"}
+    assert res["config"]["net"]["name"] == "bvit_full_ln" and res["config"]["epochs_per_task"] == 2
+    assert res["config"]["meta"] == 50
     rows = list(csv.DictReader((results_path.parent / "metrics.csv").open()))
     assert len(rows) == 4 and "test_acc_task1" in rows[0]
     for png in ("accuracy_curves.png", "accuracy_matrix.png", "weight_histograms.png"):

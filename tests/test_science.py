@@ -27,7 +27,8 @@ def test_strong_meta_keeps_the_first_task_in_the_paper_bnn(tmp_path):
     assert meta_last > 70  # and the newest task is still learned
 
 
-def test_meta_protects_the_first_task_in_bvit(tmp_path):
-    plain_first, _ = _first_task_after_last(tmp_path, "bvit", 0)
-    meta_first, _ = _first_task_after_last(tmp_path, "bvit", 50)
-    assert meta_first > plain_first + 5
+def test_meta_protects_the_first_task_in_the_binarized_vit(tmp_path):
+    """bvit_full_ln (every linear map binary, per-task LayerNorm), the default net: meta 50 vs 0."""
+    plain_first, _ = _first_task_after_last(tmp_path, "bvit_full_ln", 0)
+    meta_first, _ = _first_task_after_last(tmp_path, "bvit_full_ln", 50)
+    assert meta_first > plain_first + 15

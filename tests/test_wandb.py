@@ -24,7 +24,7 @@ def _history(run_file: Path) -> list[dict]:
 
 
 def test_multirun_logs_one_offline_run_per_job(cli):
-    cli("-m", "logger=wandb", "logger.wandb.mode=offline", "meta=0,50", *TINY, check=True)
+    cli("-m", "logger=wandb", "logger.wandb.mode=offline", "net=bvit", "meta=0,50", *TINY, check=True)
     jobs = sorted(p.parent for p in cli.out.glob("multirun/*/*/results.json"))
     assert len(jobs) == 2
     ids = set()
