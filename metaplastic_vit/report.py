@@ -134,8 +134,12 @@ def acc_vs_meta(rows: list[dict[str, Any]], path: Path) -> Path:
 def task1_curves(groups: dict[tuple[str, str], list[dict[str, Any]]], path: Path) -> Path:
     """Accuracy on task 1 through the whole run, one line per meta, one panel per net (mean over seeds)."""
     nets = list(dict.fromkeys(net for net, _ in groups))
-    fig, axes = plt.subplots(1, len(nets), figsize=(6 * len(nets), 4), squeeze=False)
-    for ax, net in zip(axes.flat, nets, strict=True):
+    cols = min(3, len(nets))
+    rows = -(-len(nets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(nets):]:
+        ax.axis("off")
+    for ax, net in zip(axes.flat, nets, strict=False):
         records = None
         for (n, meta), runs in groups.items():
             if n != net:
