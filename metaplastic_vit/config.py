@@ -63,6 +63,7 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     meta_on: str = "all"  # all: every weight with >= 2 dims; binary: binary layers' weights only
+    meta_scale: str = "none"  # none: f = 1 - tanh^2(meta |W|), the paper; rms: meta |W| / rms(W) per tensor
     fresh_per_task: bool = True  # the paper re-created the optimizer at every task
     implementation: str = "auto"  # auto | compiled | foreach
 

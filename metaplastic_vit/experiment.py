@@ -103,6 +103,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
     settings = TrainSettings(
         epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size, eval_batch_size=cfg.data.eval_batch_size,
         lr=cfg.lr, gamma=cfg.gamma, decay=cfg.decay, meta=meta, meta_on=cfg.optimizer.meta_on,
+        meta_scale=cfg.optimizer.meta_scale,
         betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps, fresh_per_task=cfg.optimizer.fresh_per_task,
         implementation=cfg.optimizer.implementation, seed=cfg.seed, per_task=list(cfg.net.per_task),
         amp=device.type == "cuda", checkpoint=cfg.checkpoint, strategy=cfg.strategy.name,

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Implementation = Literal["auto", "compiled", "foreach"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "compiled", "foreach")
+MetaScale = Literal["none", "rms"]
+META_SCALES: tuple[str, ...] = ("none", "rms")
 
 # "auto" compiles on CPU from this many parameters per step call. Compiling costs seconds once per process
 # and model (about 10-25 s on 2 cores with an empty inductor cache, a few with it filled) and saves about
@@ -44,8 +46,12 @@ def _applies(meta: float | torch.Tensor) -> bool:
 def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                             exp_avg_sqs: list[torch.Tensor], metas: list[float | torch.Tensor],
                             step_size: float | torch.Tensor, bias_correction2_sqrt: float | torch.Tensor,
-                            beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+                            beta1: float, beta2: float, eps: float, weight_decay: float,
+                            relative: bool = False) -> None:
     """One metaplastic Adam step in place on lists of tensors.
+
+    `relative`: the rule sees |W| / rms(W) of each tensor instead of |W| (meta_scale="rms"), so the share
+    of consolidated weights no longer depends on how far training has grown the hidden weights.
 
     `metas[i]` is the coefficient of tensor i: a number (0 for tensors the rule leaves alone, e.g. 1-D
     ones) or a 0-dim tensor (always applied). The compiled version takes the metas of the weights and the
@@ -71,6 +77,10 @@ def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor
         # one exponential, no overflow, and accurate where f_meta is tiny (1 - tanh^2 cancels there).
         # e is computed as 2^(-2x / ln 2), which inductor lowers to a vector exp2.
         exponents = torch._foreach_abs(weights)
+        if relative:
+            rms = [(n / math.sqrt(w.numel())).clamp_min(1e-12) for n, w in
+                   zip(torch._foreach_norm(weights), weights, strict=True)]
+            torch._foreach_div_(exponents, rms)
         torch._foreach_mul_(exponents, [metas[i] * _NEG_2_OVER_LN2 for i in meta_idx])
         quarter_f = torch._foreach_pow(2.0, exponents)  # e, divided in place by (1 + e)^2 below
         one_plus_e_sq = torch._foreach_add(quarter_f, 1.0)
@@ -110,7 +120,8 @@ class MetaplasticAdam(Optimizer):
     """Adam with L2 weight decay and the metaplastic attenuation of sign-flipping updates.
 
     `meta` is a per-param-group value, so layer-wise meta is a list of param groups. It applies to
-    tensors with two or more dimensions; 1-D tensors (biases, norms) get plain Adam.
+    tensors with two or more dimensions; 1-D tensors (biases, norms) get plain Adam. `meta_scale="rms"`
+    (per group) applies meta to |W| divided by the tensor's current RMS: a budget-independent variant.
     `implementation`: "foreach" (eager multi-tensor ops), "compiled" (torch.compile of the same math),
     or "auto": compiled on CUDA, and on CPU for AUTO_COMPILE_MIN_PARAMS_CPU parameters or more (smaller
     models take fewer steps than it needs to pay off its compile time); foreach when compiling fails.
@@ -119,7 +130,7 @@ class MetaplasticAdam(Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, meta: float = 0.0,
+                 eps: float = 1e-8, weight_decay: float = 0.0, meta: float = 0.0, meta_scale: MetaScale = "none",
                  implementation: Implementation = "auto") -> None:
         if not lr > 0:
             raise UserError(f"lr must be > 0, got {lr}")
@@ -127,16 +138,17 @@ class MetaplasticAdam(Optimizer):
             raise UserError(f"betas must lie in [0, 1), got {tuple(betas)}")
         if implementation not in IMPLEMENTATIONS:
             raise UserError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, meta=meta)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, meta=meta,
+                        meta_scale=meta_scale)
         super().__init__(params, defaults)
         for group in self.param_groups:
-            _check_meta(group["meta"])
+            _check_group(group)
         self.implementation = implementation
         self._compile_failed = False  # "auto" then stays on foreach
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:  # noqa: D102
         super().add_param_group(param_group)
-        _check_meta(self.param_groups[-1]["meta"])
+        _check_group(self.param_groups[-1])
 
     def compiles(self, params: list[torch.Tensor]) -> bool:
         """Whether a step call on `params` (tensors on one device) runs compiled."""
@@ -167,10 +179,10 @@ class MetaplasticAdam(Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = state["step"] + 1  # a new tensor: never shared with a loaded state dict
             settings = (params[0].device, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
-                        float(self.state[params[0]]["step"]))
+                        float(self.state[params[0]]["step"]), group["meta_scale"] == "rms")
             meta = float(group["meta"])
             calls.setdefault(settings, []).extend((p, meta) for p in params)
-        for (device, lr, beta1, beta2, eps, weight_decay, step), members in calls.items():
+        for (device, lr, beta1, beta2, eps, weight_decay, step, relative), members in calls.items():
             params = [p for p, _ in members]
             args = (params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
                     [self.state[p]["exp_avg_sq"] for p in params])
@@ -183,10 +195,10 @@ class MetaplasticAdam(Optimizer):
                 metas = [values[meta] if p.dim() >= 2 else 0.0 for p, meta in members]
                 if self._run_compiled(*args, metas, torch.tensor(step_size, device=device),
                                       torch.tensor(bias_correction2_sqrt, device=device),
-                                      beta1, beta2, eps, weight_decay):
+                                      beta1, beta2, eps, weight_decay, relative):
                     continue
             metaplastic_adam_update(*args, [meta if p.dim() >= 2 else 0.0 for p, meta in members], step_size,
-                                    bias_correction2_sqrt, beta1, beta2, eps, weight_decay)
+                                    bias_correction2_sqrt, beta1, beta2, eps, weight_decay, relative)
         return loss
 
     def _run_compiled(self, *args: Any) -> bool:
@@ -204,6 +216,9 @@ class MetaplasticAdam(Optimizer):
         return True
 
 
-def _check_meta(meta: Any) -> None:
+def _check_group(group: dict[str, Any]) -> None:
+    meta = group["meta"]
     if isinstance(meta, bool) or not isinstance(meta, int | float) or not math.isfinite(meta) or meta < 0:
         raise UserError(f"meta must be a finite number >= 0, got {meta!r}")
+    if group["meta_scale"] not in META_SCALES:
+        raise UserError(f"unknown meta_scale {group['meta_scale']!r}; choose one of {', '.join(META_SCALES)}")

@@ -52,6 +52,7 @@ class TrainSettings:
     decay: float
     meta: float | list[float]
     meta_on: str = "all"
+    meta_scale: str = "none"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     fresh_per_task: bool = True
@@ -200,7 +201,7 @@ class ContinualTrainer:
     def _new_optimizer(self, task: int) -> MetaplasticAdam:
         return MetaplasticAdam(param_groups(self.model, self.s.meta, self.s.meta_on), lr=self._task_lr(task),
                                betas=tuple(self.s.betas), eps=self.s.eps, weight_decay=self.s.decay,
-                               implementation=self.s.implementation)
+                               meta_scale=self.s.meta_scale, implementation=self.s.implementation)
 
     def _begin_task(self, task: int) -> None:
         if self.optimizer is None or self.s.fresh_per_task:
@@ -342,7 +343,8 @@ class ContinualTrainer:
         for name, module in self.layers.items():
             w = module.weight.detach()
             meta = self.layer_meta[name]
-            attenuated = (1 - torch.tanh(meta * w.abs()) ** 2 < ATTENUATED_BELOW).float().mean() if meta else None
+            magnitude = w.abs() / w.square().mean().sqrt().clamp_min(1e-12) if self.s.meta_scale == "rms" else w.abs()
+            attenuated = (1 - torch.tanh(meta * magnitude) ** 2 < ATTENUATED_BELOW).float().mean() if meta else None
             start = self.task_start_signs.get(name)
             flipped = (w.sign().to(torch.int8) != start).float().mean() if start is not None else None
             out[name] = {"attenuated": 0.0 if attenuated is None else attenuated.item(),

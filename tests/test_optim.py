@@ -186,3 +186,25 @@ def test_higher_meta_flips_fewer_signs_of_the_first_task():
         flipped[meta] = changed / sum(s.numel() for s in signs)
     assert flipped[0.0] > 0.05
     assert flipped[30.0] < 0.5 * flipped[0.0], flipped
+
+
+def test_rms_meta_scale_matches_hand_computation_and_is_scale_free():
+    w0 = torch.tensor([[0.5, -0.5, 0.2, -2.0]])
+    g = torch.tensor([[1.0, -1.0, -1.0, -3.0]])
+    lr, meta = 0.1, 1.5
+    w = w0.clone().requires_grad_()
+    w.grad = g.clone()
+    MetaplasticAdam([w], lr=lr, meta=meta, meta_scale="rms").step()
+    rms = w0.square().mean().sqrt()
+    m = 0.1 * g
+    f = 1 - torch.tanh(meta * w0.abs() / rms) ** 2
+    m_used = torch.where(torch.sign(w0) * m > 0, f * m, m)
+    expected = w0 - lr / 0.1 * m_used / ((0.001 * g**2 / 0.001).sqrt() + 1e-8)
+    torch.testing.assert_close(w.detach(), expected)
+    # scaling all weights (and the gradient direction) by 10 leaves the attenuation unchanged
+    big = (10 * w0).clone().requires_grad_()
+    big.grad = g.clone()
+    MetaplasticAdam([big], lr=lr, meta=meta, meta_scale="rms").step()
+    torch.testing.assert_close(big.detach() - 10 * w0, w.detach() - w0)
+    with pytest.raises(UserError, match="unknown meta_scale 'log'; choose one of none, rms"):
+        MetaplasticAdam([w], meta_scale="log")
