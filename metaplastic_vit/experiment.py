@@ -36,10 +36,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int | None, launcher_cpus: int | None = None) -> int:
+# Below this many parameters a CPU run is fastest on one thread: the embedded default (0.1 M) trained in
+# 23 s on 1 thread and 34 s on 2 (benchmarks/RESULTS.md), the per-op work being too small to share.
+ONE_THREAD_BELOW_PARAMS = 1_000_000
+
+
+def set_threads(threads: int | None, launcher_cpus: int | None, model: nn.Module, device: torch.device) -> int:
     """Use the cores this job was given: `threads`, else Slurm's or the local launcher's cpus_per_task,
-    else torch's default (all cores). Returns the thread count in use."""
+    else one thread for a small model on the CPU, else torch's default (all cores). Returns the count."""
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or launcher_cpus
+    if not threads and device.type == "cpu" and sum(p.numel() for p in model.parameters()) < ONE_THREAD_BELOW_PARAMS:
+        threads = 1
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -91,7 +98,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
     `sweep_id`: names the multirun this job belongs to (the default W&B group)."""
     validate(cfg)
     run_dir = Path(run_dir)
-    threads = set_threads(cfg.threads, launcher_cpus)
     device = resolve_device(cfg.device)
     tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
     family = MODELS[cfg.net.model].family if cfg.net.model in MODELS else None
@@ -99,6 +105,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
                        cfg.arch.img_size if family == "vit" else None, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data).to(device)
+    threads = set_threads(cfg.threads, launcher_cpus, model, device)
     meta = OmegaConf.to_object(cfg.meta) if OmegaConf.is_list(cfg.meta) else cfg.meta
     settings = TrainSettings(
         epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size, eval_batch_size=cfg.data.eval_batch_size,
