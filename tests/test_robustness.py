@@ -12,7 +12,8 @@ import torch
 from conftest import ROOT, TINY, read_results, run_cli
 
 BAD_INPUTS = [
-    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bvit, dnn, hybrid, vit"),
+    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bvit, bvit_attn, bvit_full, "
+                  "bvit_full_ln, bvit_ln, dnn, hybrid, vit"),
     (["task_sequence=[pfoo]"], "unknown task token 'pfoo'; use p<dataset>"),
     (["task_sequence=[digits-3]"], "10 classes cannot be split into 3 equal tasks; N must be one of [1, 2, 5, 10]"),
     (["task_sequence=[digits-0]"], "cannot be split into 0 equal tasks"),

@@ -108,8 +108,8 @@ def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
 
 
 def test_timed_out_job_is_requeued_and_completes(tmp_path):
-    # time limit 1 min, USR2 45 s before it: the job is told it timed out ~15 s in, mid-run
-    extra = ["epochs_per_task=14"]
+    # time limit 1 min, USR2 45 s before it: each attempt is told it timed out ~15 s in, mid-run
+    extra = ["epochs_per_task=30"]  # ~25 s of training: at least one requeue
     proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, *extra, "hydra.launcher.timeout_min=1",
                     "hydra.launcher.signal_delay_s=45"], tmp_path / "sweep", env=SLURM_ENV, check=True, timeout=400)
     (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")

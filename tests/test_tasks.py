@@ -66,7 +66,7 @@ def test_build_permuted_digits():
     data = _build(["pdigits", "pdigits"])
     a, b = data.tasks
     assert data.scenario == "domain" and data.labels.num_classes == 10 and data.img_size == 8
-    assert a.num_train() == 1437 and len(a.test_idx) == 360
+    assert len(a.train_idx) == 1437 and len(a.test_idx) == 360
     xa, ya = next(a.batches("test", 360))
     xb, yb = next(b.batches("test", 360))
     assert torch.equal(ya, yb)
