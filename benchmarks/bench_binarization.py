@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from common import interleaved, report, table
+from common import interleaved, report, table, training_threads
 
 from metaplastic_vit.models import create_model
 from metaplastic_vit.optim import MetaplasticAdam
@@ -33,6 +33,7 @@ def steps(arch: dict, batch: int) -> tuple[dict, dict]:
     for net in NETS:
         torch.manual_seed(0)
         model = create_model(net, **arch)
+        training_threads(model)  # the same for every net: they have the same parameters
         opt = MetaplasticAdam(param_groups(model, 1.35, "all"), lr=1e-3, weight_decay=1e-7)
 
         def train_step(model=model, opt=opt) -> None:
@@ -58,11 +59,12 @@ def main() -> None:
         t = interleaved(train, rounds)  # the warm-up step compiles the optimizer where auto does
         i = interleaved(infer, rounds)
         for net in NETS:
-            rows.append([preset, net, batch, 1e3 * t[net], t[net] / t["vit"], 1e3 * i[net], i[net] / i["vit"]])
+            rows.append([preset, net, batch, torch.get_num_threads(), 1e3 * t[net], t[net] / t["vit"], 1e3 * i[net],
+                         i[net] / i["vit"]])
     report("Binarization overhead", [
         "Median of interleaved steps per net; x vit = time over the full-precision vit's. Goal: train step "
         "<= 1.2x vit.",
-        table(["preset", "net", "batch", "train step ms", "x vit", "inference ms", "x vit"], rows)])
+        table(["preset", "net", "batch", "threads", "train step ms", "x vit", "inference ms", "x vit"], rows)])
 
 
 if __name__ == "__main__":

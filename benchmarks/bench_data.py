@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import interleaved, median, report, table, timed
+from common import interleaved, median, report, table, timed, training_threads
 from PIL import Image
 
 from metaplastic_vit.data import build_tasks, parse_task_sequence, sources
@@ -75,9 +75,11 @@ def delivered_per_s(task, batch: int, rounds: int = 3) -> float:
 
 
 def consumed_per_s(arch: dict, size: int, batch: int, rounds: int = 3) -> float:
-    """Images per second through a vit train step (forward, backward, MetaplasticAdam with auto)."""
+    """Images per second through a vit train step (forward, backward, MetaplasticAdam with auto), with the
+    CPU threads a run of that model would use (left set for the data measurement)."""
     torch.manual_seed(0)
     model = create_model("vit", img_size=size, in_chans=3, num_classes=N_CLASSES, **arch)
+    training_threads(model)
     opt = MetaplasticAdam(param_groups(model, 1.35, "all"), lr=1e-3)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, N_CLASSES, (batch,))
 
@@ -100,10 +102,11 @@ def main() -> None:
         for name, (size, batch, arch) in CASES.items():
             tasks = build_tasks(parse_task_sequence(["imgnet-10"]), str(root), str(cache), False, "auto", size,
                                 torch.device("cpu"))
-            delivered = delivered_per_s(tasks.tasks[0], batch)
             consumed = consumed_per_s(arch, size or 64, batch)
+            delivered = delivered_per_s(tasks.tasks[0], batch)
             epoch_s = N_CLASSES * N_TRAIN / consumed  # one epoch over the whole training set
-            rows.append([name, batch, f"{delivered:.0f}", f"{consumed:.3g}", 100 * consumed / delivered,
+            rows.append([name, batch, torch.get_num_threads(), f"{delivered:.0f}", f"{consumed:.3g}",
+                         100 * consumed / delivered,
                          100 * first / epoch_s, 100 * cached / epoch_s])
     n = N_CLASSES * (N_TRAIN + N_VAL)
     report("Data path (fake Tiny-ImageNet)", [
@@ -111,7 +114,7 @@ def main() -> None:
         f"First load (decode + cache file): {first:.2f} s ({n / first:.0f} images/s); cached load: "
         f"{cached:.2f} s. Batches: one imgnet-10 task (1000 images), shuffled, normalised and resized per "
         "batch; model: vit train step at that size. Goal: data <= 5% of step time after the first epoch.",
-        table(["case", "batch", "data images/s", "model images/s", "data % of step",
+        table(["case", "batch", "threads", "data images/s", "model images/s", "data % of step",
                "first load % of epoch 1", "cached load % of an epoch"], rows)])
 
 

@@ -17,9 +17,9 @@ import statistics
 import sys
 import time
 
-from common import PYTHON, check, report, run_child, table
+from common import PYTHON, check, report, run_child, table, training_threads
 
-BATCH, STEPS = 8, 4
+BATCH, STEPS, REPEATS = 8, 5, 2
 IMPORTS = "import torch, timm, hydra, sklearn, matplotlib, metaplastic_vit.experiment"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
@@ -38,6 +38,7 @@ def child(implementation: str, allocator: str) -> None:
     from metaplastic_vit.trainer import param_groups
 
     model = create_model("bvit", img_size=224, in_chans=3, num_classes=200)
+    training_threads(model)
     opt = MetaplasticAdam(param_groups(model, 1.35, "all"), lr=1e-3, implementation=implementation)
     x, y = torch.randn(BATCH, 3, 224, 224), torch.randint(0, 200, (BATCH,))
     seconds = []
@@ -52,23 +53,36 @@ def child(implementation: str, allocator: str) -> None:
                       "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}))
 
 
+def train_step(implementation: str, allocator: str) -> tuple[float, float, float]:
+    """One child process: (peak RSS MiB, median step seconds, minor page faults)."""
+    code, _, rss, out = run_child([PYTHON, __file__, implementation, allocator])
+    check(code, out, f"train step, optimizer {implementation}, malloc {allocator}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return rss, result["step_s"], result["minor_faults"]
+
+
 def main() -> None:
     rows = []
     for name, cmd in (("python -c 'import torch'", [PYTHON, "-c", "import torch"]),
                       ("imports of a run (torch, timm, hydra, sklearn, matplotlib)", [PYTHON, "-c", IMPORTS])):
-        code, wall, rss, out = run_child(cmd)
+        code, _, rss, out = run_child(cmd)
         check(code, out, name)
         rows.append([name, "", "", rss, "", ""])
-    for implementation in ("compiled", "foreach"):
-        for allocator in ("default", "mallopt"):
-            code, wall, rss, out = run_child([PYTHON, __file__, implementation, allocator])
-            check(code, out, f"{implementation} {allocator}")
-            result = json.loads(out.strip().splitlines()[-1])
-            rows.append([f"seed bvit train step, batch {BATCH}", implementation, allocator, rss, result["step_s"],
-                         f"{result['minor_faults'] / 1e3:.0f}k"])
+    # the allocator comparison alternates processes (A B B A ...) and takes medians: load drifts between them
+    runs: dict[str, list[tuple[float, float, float]]] = {"default": [], "mallopt": []}
+    for rep in range(REPEATS):
+        for allocator in ("default", "mallopt") if rep % 2 == 0 else ("mallopt", "default"):
+            runs[allocator].append(train_step("compiled", allocator))
+    cases = [("compiled", allocator, results) for allocator, results in runs.items()]
+    cases.append(("foreach", "default", [train_step("foreach", "default")]))
+    for implementation, allocator, results in cases:
+        rss, step, faults = (statistics.median(values) for values in zip(*results, strict=True))
+        rows.append([f"seed bvit train step, batch {BATCH}", implementation, allocator, rss, step,
+                     f"{faults / 1e3:.0f}k"])
     report("Memory (peak RSS) and allocator", [
-        "Fresh process per row; the seed-size bvit has 29.2 M parameters (117 MB per copy in float32: weights, "
-        f"gradients and the two Adam moments make 470 MB). step s: median of train steps 2-{STEPS}.",
+        "Fresh process per run; the seed-size bvit has 29.2 M parameters (117 MB per copy in float32: weights, "
+        f"gradients and the two Adam moments make 470 MB). step s: median of train steps 2-{STEPS}; the "
+        f"compiled rows are medians over {REPEATS} alternating processes each.",
         table(["case", "optimizer", "malloc", "peak RSS MiB", "step s", "minor page faults"], rows)])
 
 

@@ -18,7 +18,7 @@ import tempfile
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench-inductor-"))
 
 import torch  # noqa: E402
-from common import PYTHON, check, interleaved, report, run_child, table, timed  # noqa: E402
+from common import PYTHON, check, interleaved, report, run_child, table, timed, training_threads  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
 from metaplastic_vit.models import create_model  # noqa: E402
@@ -38,10 +38,12 @@ ROUNDS = 7
 
 
 def model_with_grads(net: str, arch: dict) -> torch.nn.Module:
+    """The model with random gradients, and the CPU threads a run of it would use set."""
     torch.manual_seed(0)
     model = create_model(net, **arch)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
+    training_threads(model)
     return model
 
 
@@ -115,7 +117,8 @@ def seed_table() -> str:
     recompiles = counters["stats"]["unique_graphs"] - graphs
     fused = steps["torch.optim.Adam(fused=True)"]
     rows = [[name, 1e3 * s, s / fused] for name, s in steps.items()]
-    notes = (f"seed-size bvit, {n / 1e6:.1f} M parameters, meta={META}, weight decay {DECAY}; median of {ROUNDS} "
+    notes = (f"seed-size bvit, {n / 1e6:.1f} M parameters, {torch.get_num_threads()} threads, meta={META}, "
+             f"weight decay {DECAY}; median of {ROUNDS} "
              f"interleaved steps. Compiled: first step in this process {first:.1f} s (after the cold compile "
              f"below), graphs compiled during the timed steps: {recompiles}; auto picks "
              f"{'compiled' if auto.compiles(params) else 'foreach'} here. Goal: <= 2x fused Adam.")
@@ -131,15 +134,15 @@ def size_table(cold: float, warm: float) -> str:
         first = timed(opts["compiled"].step)
         steps = interleaved({impl: opt.step for impl, opt in opts.items()}, 5 * ROUNDS)
         saved = steps["foreach"] - steps["compiled"]
-        rows.append([name, sum(p.numel() for p in params) / 1e6, 1e3 * steps["foreach"], 1e3 * steps["compiled"],
-                     first, f"{first / saved:.0f}" if saved > 0 else "never",
+        rows.append([name, sum(p.numel() for p in params) / 1e6, torch.get_num_threads(), 1e3 * steps["foreach"],
+                     1e3 * steps["compiled"], first, f"{first / saved:.0f}" if saved > 0 else "never",
                      "compiled" if metaplastic(model, "auto").compiles(params) else "foreach"])
     return (f"The auto rule: compiling costs once and saves per step, by model size (\"compile s\": first "
             f"compiled step of each layout in this process). Seed size: first compiled step {cold:.1f} s "
             f"with an empty inductor cache, {warm:.1f} s in a new process with the cache filled. auto "
             f"compiles on CPU from {AUTO_COMPILE_MIN_PARAMS_CPU / 1e6:g} M parameters.\n\n"
-            + table(["model", "M params", "foreach ms", "compiled ms", "compile s", "break-even steps", "auto"],
-                    rows))
+            + table(["model", "M params", "threads", "foreach ms", "compiled ms", "compile s", "break-even steps",
+                     "auto"], rows))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 Timings on a shared machine are noisy: every script times the variants it compares in interleaved
 rounds inside one process and reports medians, so the ratios stay meaningful when absolute numbers drift.
+Models run with the CPU threads a training run would give them (`training_threads`), and run_all.py sets
+OMP_WAIT_POLICY=PASSIVE as run.py does.
 """
 
 from __future__ import annotations
@@ -35,13 +37,25 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
-    """One line naming the machine: CPU, cores, torch threads and version, GPU."""
+    """One line naming the machine: CPU, cores, load, OpenMP wait policy, torch version, GPU."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads{load}), "
-            f"torch {torch.__version__}, Python {platform.python_version()}, GPU: {gpu}")
+    return (f"{cpu_model()}, {os.cpu_count()} cores{load}, OMP_WAIT_POLICY="
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, GPU: {gpu}")
+
+
+def training_threads(model: object) -> int:
+    """Set the CPU thread count a run of `model` would use (metaplastic_vit.experiment.set_threads: one
+    thread for small models, else all cores) and return it."""
+    import torch
+
+    from metaplastic_vit.experiment import set_threads
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    return set_threads(None, None, model, torch.device("cpu"))
 
 
 def median(values: Sequence[float]) -> float:  # noqa: D103

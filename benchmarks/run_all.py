@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# OpenMP waits passively, as in run.py (active spinning is many times slower on a shared machine)
+ENV = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 SCRIPTS = ("bench_optimizer.py", "bench_binarization.py", "bench_data.py", "bench_runs.py", "bench_memory.py",
            "bench_gpu.py")
 
@@ -18,7 +21,7 @@ def main() -> int:
     for script in SCRIPTS:
         began = time.perf_counter()
         print(f"==> {script}", flush=True)
-        code = subprocess.run([sys.executable, str(HERE / script)], cwd=HERE.parent).returncode
+        code = subprocess.run([sys.executable, str(HERE / script)], cwd=HERE.parent, env=ENV).returncode
         print(f"<== {script}: {'ok' if code == 0 else f'exit code {code}'} in {time.perf_counter() - began:.0f} s\n",
               flush=True)
         if code != 0:

@@ -28,10 +28,10 @@ MetaScale = Literal["none", "rms"]
 META_SCALES: tuple[str, ...] = ("none", "rms")
 
 # "auto" compiles on CPU from this many parameters per step call. Compiling costs seconds once per process
-# and model (about 10-25 s on 2 cores with an empty inductor cache, a few with it filled) and saves about
-# 10-13 ms per million parameters per step over foreach there: from 1 M parameters it pays off within about
-# a thousand steps (one epoch of MNIST), below it only in runs longer than the embedded default's 900 steps.
-# Measured with benchmarks/bench_optimizer.py.
+# and model (8-20 s on 2 cores with an empty inductor cache, about 2 s with it filled) and saves 3-6 ms per
+# million parameters per step over foreach there (seed-size bvit: 14 instead of 200 ms): from 1 M
+# parameters it pays off within a few thousand steps (bnn and small ViT, 1.8 M: about 500), for the
+# embedded default (0.1 M, 900 steps per run) only after about 10,000. benchmarks/bench_optimizer.py.
 AUTO_COMPILE_MIN_PARAMS_CPU = 1_000_000
 
 _NEG_2_OVER_LN2 = -2 / math.log(2)  # exp(y) = 2^(y / ln 2)
@@ -57,10 +57,11 @@ def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor
     ones) or a 0-dim tensor (always applied). The compiled version takes the metas of the weights and the
     step-dependent scalars as 0-dim tensors, so it never recompiles as steps go on or meta changes;
     eagerly they are Python floats, as in torch.optim.Adam.
-    Every op here has an inductor lowering, so torch.compile turns the whole step into one fused loop
-    per tensor (reading W, g, m, v once and writing W, m, v once); keep it that way when editing: an op
-    without one (e.g. _foreach_tanh, _foreach_exp, a list of Python scalars) runs as separate eager
-    passes and allocations in the middle of the compiled step, several times slower on CPU.
+    Every elementwise op here has an inductor lowering, so torch.compile turns the whole step into one
+    fused loop per tensor (reading W, g, m, v once and writing W, m, v once; `relative` adds one reading
+    pass for the norms); keep it that way when editing: an op without one (e.g. _foreach_tanh,
+    _foreach_exp, a list of Python scalars) runs as separate eager passes and allocations in the middle
+    of the compiled step, several times slower on CPU.
     """
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
