@@ -98,11 +98,11 @@ def _run_and_kill(args, run_dir, after_records, delay):
 
 
 def test_kill_minus_nine_then_same_command_resumes_to_identical_results(tmp_path):
-    args = ["epochs_per_task=3", *TINY[1:]]
+    args = ["epochs_per_task=10", *TINY[1:]]  # 20 epochs: time to be killed mid-run
     reference = tmp_path / "reference"
     run_cli([*args, f"hydra.run.dir={reference}"], tmp_path, check=True)
     expected = read_results(reference)
-    for k, (after, delay) in enumerate([(1, 0.0), (4, 0.13)]):
+    for k, (after, delay) in enumerate([(1, 0.0), (8, 0.03)]):
         run_dir = tmp_path / f"killed{k}"
         assert not _run_and_kill(args, run_dir, after, delay), "the run ended before it could be killed"
         partial = read_results(run_dir)
