@@ -67,8 +67,6 @@ def fingerprint(cfg: DictConfig) -> str:
 def build_model(cfg: DictConfig, data: TaskSet) -> nn.Module:
     """The net named by `cfg.net`, sized by `cfg.arch` (ViT) or `cfg.net.hidden` (MLP) and by the data."""
     net = cfg.net
-    if net.model not in MODELS:
-        raise UserError(f"unknown net.model {net.model!r}; choose one of {', '.join(MODELS)}")
     arch: dict[str, Any] = {"img_size": data.img_size, "in_chans": data.in_chans,
                             "num_classes": data.labels.num_classes}
     if MODELS[net.model].family == "vit":
@@ -97,10 +95,12 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
     `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use;
     `sweep_id`: names the multirun this job belongs to (the default W&B group)."""
     validate(cfg)
+    if cfg.net.model not in MODELS:  # checked before any data is loaded
+        raise UserError(f"unknown net.model {cfg.net.model!r}; choose one of {', '.join(MODELS)}")
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
-    family = MODELS[cfg.net.model].family if cfg.net.model in MODELS else None
+    family = MODELS[cfg.net.model].family
     data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, cfg.data.scenario,
                        cfg.arch.img_size if family == "vit" else None, device)
     torch.manual_seed(cfg.seed)
