@@ -33,22 +33,23 @@ log = logging.getLogger("run")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Run one experiment in Hydra's output directory; returns ACC (for sweepers that optimise it)."""
+    """Run one experiment in Hydra's output directory; returns the validation ACC (what a sweeper may
+    optimise: never the test ACC)."""
     from metaplastic_vit.experiment import run_experiment
 
     hydra_cfg = HydraConfig.get()
     local = "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     try:
         sweep_id = f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg.mode == RunMode.MULTIRUN else None
-        results = run_experiment(cfg, hydra_cfg.runtime.output_dir, sweep_id=sweep_id,
-                                 launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None)
+        record = run_experiment(cfg, hydra_cfg.runtime.output_dir, sweep=sweep_id,
+                                launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None)
     except (UserError, TrainingFailedError) as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; say which job failed now
             log.error("error: %s", exc)
             raise
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2 if isinstance(exc, UserError) else 3) from None
-    return results["avg_acc"]
+    return record.val_avg_acc
 
 
 def cli() -> None:

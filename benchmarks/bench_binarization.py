@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from common import interleaved, report, table, training_threads
 
 from metaplastic_vit.models import create_model
-from metaplastic_vit.optim import MetaplasticAdam
-from metaplastic_vit.trainer import param_groups
+from metaplastic_vit.optim import MetaplasticAdam, param_groups
 
 PRESETS = {
     "tiny": (dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=64, depth=2, num_heads=4), 100, 30),

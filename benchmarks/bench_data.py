@@ -19,8 +19,7 @@ from PIL import Image
 
 from metaplastic_vit.data import build_tasks, parse_task_sequence, sources
 from metaplastic_vit.models import create_model
-from metaplastic_vit.optim import MetaplasticAdam
-from metaplastic_vit.trainer import param_groups
+from metaplastic_vit.optim import MetaplasticAdam, param_groups
 
 N_CLASSES, N_TRAIN, N_VAL = 200, 50, 10
 CASES = {  # name -> (resize target or None for 64 px, batch, model arch)
@@ -68,10 +67,10 @@ def delivered_per_s(task, batch: int, rounds: int = 3) -> float:
     g = torch.Generator().manual_seed(0)
 
     def epoch() -> None:
-        for x, _ in task.batches("train", batch, g):
-            x.sum()  # make sure nothing is left lazy
+        for b in task.batches("train", batch, g):
+            b.x.sum()  # make sure nothing is left lazy
 
-    return len(task.train_idx) / median([timed(epoch) for _ in range(rounds)])
+    return len(task.splits["train"]) / median([timed(epoch) for _ in range(rounds)])
 
 
 def consumed_per_s(arch: dict, size: int, batch: int, rounds: int = 3) -> float:

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from common import report, table
 
 from metaplastic_vit.models import create_model
-from metaplastic_vit.optim import MetaplasticAdam
-from metaplastic_vit.trainer import param_groups
+from metaplastic_vit.optim import MetaplasticAdam, param_groups
 
 ARCH = dict(img_size=224, in_chans=3, num_classes=200, patch_size=16, embed_dim=768, depth=4, num_heads=12)
 BATCH, WARMUP, STEPS = 64, 5, 20

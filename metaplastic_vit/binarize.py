@@ -10,7 +10,8 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from enum import StrEnum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,32 +19,52 @@ from torch import nn
 
 from .errors import UserError
 
-Scale = Literal["none", "fan_in", "mean_abs"]
-SCALES: tuple[str, ...] = ("none", "fan_in", "mean_abs")
+
+class BinaryScale(StrEnum):
+    """The factor a binary layer multiplies its output by (see `_output_scale`)."""
+
+    none = "none"
+    fan_in = "fan_in"
+    mean_abs = "mean_abs"
 
 
 class _SignWeight(torch.autograd.Function):
-    """sign(w) forward; identity backward (the gradient for sign(W_h) is applied to W_h)."""
+    """sign(w) forward; identity backward (the gradient for sign(W_h) is applied to W_h).
+
+    Written in the setup_context style with a generated vmap rule, so torch.func transforms (per-sample
+    gradients for EWC's Fisher) go through it.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(w: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return torch.sign(w)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return grad
 
 
 class _SignActivation(torch.autograd.Function):
     """sign(x) forward; backward passes the gradient where |x| <= 1 (hardtanh straight-through)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(x)
+    def forward(x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return torch.sign(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
         (x,) = ctx.saved_tensors
         return grad * (x.abs() <= 1).to(grad.dtype)
 
@@ -58,15 +79,15 @@ def sign_activation(x: torch.Tensor) -> torch.Tensor:
     return _SignActivation.apply(x)
 
 
-def _output_scale(weight: torch.Tensor, scale: str) -> torch.Tensor | float | None:
+def _output_scale(weight: torch.Tensor, scale: BinaryScale) -> torch.Tensor | float | None:
     """The factor a binary layer multiplies its output by, per output channel or global.
 
     `fan_in` keeps the output variance of +-1 weights on +-1 inputs near 1; `mean_abs` is XNOR-Net's
     per-output-channel mean |W_h| (detached: the weights multiplied by stay exactly sign(W_h)).
     """
-    if scale == "none":
+    if scale == BinaryScale.none:
         return None
-    if scale == "fan_in":
+    if scale == BinaryScale.fan_in:
         return 1.0 / math.sqrt(weight[0].numel())
     return weight.detach().abs().flatten(1).mean(1)
 
@@ -74,11 +95,11 @@ def _output_scale(weight: torch.Tensor, scale: str) -> torch.Tensor | float | No
 class BinaryLinear(nn.Linear):
     """nn.Linear whose forward uses sign(W_h); the parameter `weight` is the hidden weight W_h."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, scale: Scale = "fan_in",
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 scale: BinaryScale | str = BinaryScale.fan_in, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        _check_scale(scale)
-        self.scale = scale
+        self.scale = _check_scale(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         out = F.linear(x, sign_weight(self.weight).to(x.dtype))
@@ -88,16 +109,15 @@ class BinaryLinear(nn.Linear):
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"{super().extra_repr()}, scale={self.scale}"
+        return f"{super().extra_repr()}, scale={self.scale.value}"
 
 
 class BinaryConv2d(nn.Conv2d):
     """nn.Conv2d whose forward uses sign(W_h); the parameter `weight` is the hidden weight W_h."""
 
-    def __init__(self, *args, scale: Scale = "fan_in", **kwargs) -> None:
+    def __init__(self, *args, scale: BinaryScale | str = BinaryScale.fan_in, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        _check_scale(scale)
-        self.scale = scale
+        self.scale = _check_scale(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         out = self._conv_forward(x, sign_weight(self.weight).to(x.dtype), None)
@@ -107,7 +127,7 @@ class BinaryConv2d(nn.Conv2d):
         return out if self.bias is None else out + self.bias.to(out.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"{super().extra_repr()}, scale={self.scale}"
+        return f"{super().extra_repr()}, scale={self.scale.value}"
 
 
 BINARY_LAYERS = (BinaryLinear, BinaryConv2d)
@@ -120,9 +140,12 @@ class SignActivation(nn.Module):
         return sign_activation(x)
 
 
-def _check_scale(scale: str) -> None:
-    if scale not in SCALES:
-        raise UserError(f"unknown binary scale {scale!r}; choose one of {', '.join(SCALES)}")
+def _check_scale(scale: BinaryScale | str) -> BinaryScale:
+    try:
+        return BinaryScale(scale)
+    except ValueError:
+        raise UserError(f"unknown binary scale {scale!r}; choose one of "
+                        f"{', '.join(s.value for s in BinaryScale)}") from None
 
 
 def _binarize_input_hook(module: nn.Module, args: tuple) -> tuple:
@@ -147,7 +170,7 @@ def _match(names: Sequence[str], patterns: Iterable[str], what: str) -> list[str
     return matched
 
 
-def _to_binary(module: nn.Module, scale: Scale) -> nn.Module:
+def _to_binary(module: nn.Module, scale: BinaryScale) -> nn.Module:
     """A binary twin of an nn.Linear / nn.Conv2d holding the same hidden weight and bias tensors."""
     if isinstance(module, BINARY_LAYERS):
         return module
@@ -168,14 +191,14 @@ def _to_binary(module: nn.Module, scale: Scale) -> nn.Module:
 
 
 def binarize_model(model: nn.Module, binary_weights: Iterable[str] = (), binary_inputs: Iterable[str] = (),
-                   scale: Scale = "fan_in") -> nn.Module:
+                   scale: BinaryScale | str = BinaryScale.fan_in) -> nn.Module:
     """Binarize `model` in place by module-name patterns and return it.
 
     `binary_weights`: modules (Linear/Conv2d) whose weights become sign(W_h), keeping their values as W_h.
     `binary_inputs`: modules whose input activation is binarized with the straight-through sign.
     Patterns are fnmatch globs on `named_modules()` names, e.g. ``blocks.*.mlp.fc1``.
     """
-    _check_scale(scale)
+    scale = _check_scale(scale)
     names = [n for n, _ in model.named_modules()]
     for name in _match(names, binary_weights, "binary_weights"):
         parent_name, _, child = name.rpartition(".")

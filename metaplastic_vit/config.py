@@ -1,34 +1,77 @@
 """Typed schema of the Hydra config, registered in Hydra's ConfigStore.
 
-`conf/config.yaml` lists `schema` first in its defaults, so every composed config is merged onto these
-dataclasses: an unknown key or a value of the wrong type fails at composition, before any training.
-Value checks that types cannot express (ranges, names, lengths) live in `validate`.
+`conf/config.yaml` lists `schema` first in its defaults, and every option file of the `net`, `optimizer` and
+`strategy` groups names its own schema (`/schema/<group>/<option>`), so a composed config is merged onto
+these dataclasses: a wrong type or a bad choice (Enums) fails at composition. `validate` then builds the
+dataclasses (running their range checks) and refuses keys outside the schema, even ones added with `+`
+(only `tags` is free-form), all before any data is loaded or anything is written.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .binarize import BinaryScale
+from .data.tasks import Scenario
 from .errors import UserError
+from .optim import Implementation, MetaOn, MetaScale
+from .sinks.console import ConsoleSinkConfig
+from .sinks.local import LocalSinkConfig
+from .sinks.wandb_sink import WandbSinkConfig
+from .strategies import load_all
+from .trainer import Precision
+
+
+def _positive(name: str, value: float | int | None, minimum: float = 1, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if value is None or not value >= minimum:
+        raise UserError(f"{name} must be >= {minimum:g}, got {value}")
 
 
 @dataclass
-class NetConfig:
-    """Which model: a registered name plus optional pattern overrides (a new variant is data only)."""
+class _NetConfig:
+    """Fields of every net: a registry name plus optional policy overrides (a variant needs no code)."""
 
-    name: str = MISSING  # label used in run names and reports
-    model: str = MISSING  # key of metaplastic_vit.models.MODELS (vit, bvit, hybrid, bnn, dnn, ...)
-    binary_weights: list[str] | None = None  # null: the model's own policy
+    _target_: str = "metaplastic_vit.models.create_model"
+    _partial_: bool = True
+    name: str = MISSING  # key of metaplastic_vit.models.MODELS
+    binary_weights: list[str] | None = None  # null: the registry's policy
     binary_inputs: list[str] | None = None
-    binary_scale: str | None = None  # none | fan_in | mean_abs; null: the model's default
-    per_task: list[str] = field(default_factory=list)  # modules whose state is kept once per task
-    hidden: list[int] = field(default_factory=lambda: [1024, 1024])  # MLP widths (bnn/dnn)
+    binary_scale: BinaryScale | None = None
+    per_task: list[str] | None = None  # modules kept once per task (task-aware tests only)
+
+
+@dataclass
+class ViTNetConfig(_NetConfig):
+    """A timm ViT net; its sizes come from the `arch` group."""
+
+    img_size: Any = "${arch.img_size}"  # null: the data's native size
+    patch_size: Any = "${arch.patch_size}"
+    embed_dim: Any = "${arch.embed_dim}"
+    depth: Any = "${arch.depth}"
+    num_heads: Any = "${arch.num_heads}"
+    mlp_ratio: Any = "${arch.mlp_ratio}"
+    qkv_bias: Any = "${arch.qkv_bias}"
+
+
+@dataclass
+class MLPNetConfig(_NetConfig):
+    """The paper's MLP family."""
+
+    hidden: list[int] = field(default_factory=lambda: [1024, 1024])
+    transductive_bn: bool = False  # normalise each test batch with its own statistics (the paper's code)
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise UserError(f"net.hidden must list layer widths >= 1, got {list(self.hidden)}")
 
 
 @dataclass
@@ -43,6 +86,13 @@ class ArchConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
 
+    def __post_init__(self) -> None:
+        _positive("arch.img_size", self.img_size, optional=True)
+        for key in ("patch_size", "embed_dim", "depth", "num_heads"):
+            _positive(f"arch.{key}", getattr(self, key))
+        if not self.mlp_ratio > 0:
+            raise UserError(f"arch.mlp_ratio must be > 0, got {self.mlp_ratio}")
+
 
 @dataclass
 class DataConfig:
@@ -51,67 +101,67 @@ class DataConfig:
     root: str = "data"
     cache_dir: str | None = None  # null: <root>/.cache
     download: bool = False
-    scenario: str = "auto"  # auto | domain | class | task
+    scenario: Scenario = Scenario.auto
     class_order_seed: int | None = None  # null: classes split in label order
+    val_fraction: float = 0.1  # of each task's training set, held out for choosing hyper-parameters
     eval_batch_size: int = 1000
 
+    def __post_init__(self) -> None:
+        _positive("data.eval_batch_size", self.eval_batch_size)
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
+
 
 @dataclass
-class OptimizerConfig:
-    """MetaplasticAdam settings beyond the top-level lr / decay / meta."""
+class MetaplasticAdamConfig:
+    """optimizer=metaplastic_adam: the optimizer's settings (lr, decay and meta come from the top level)."""
 
+    _target_: str = "metaplastic_vit.optim.metaplastic_adam"
+    _partial_: bool = True
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    meta: Any = MISSING
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    meta_on: str = "all"  # all: every weight with >= 2 dims; binary: binary layers' weights only
-    meta_scale: str = "none"  # none: f = 1 - tanh^2(meta |W|), the paper; rms: meta |W| / rms(W) per tensor
-    fresh_per_task: bool = True  # the paper re-created the optimizer at every task
-    implementation: str = "auto"  # auto | compiled | foreach
+    meta_on: MetaOn = MetaOn.all
+    meta_scale: MetaScale = MetaScale.none
+    implementation: Implementation = Implementation.auto
 
-
-@dataclass
-class StrategyConfig:
-    """How earlier tasks are protected besides metaplasticity: naive, ewc, si, or joint (upper bound)."""
-
-    name: str = "naive"
-    ewc_lambda: float = 100.0  # EWC penalty strength (lambda/2 * sum F (theta - theta*)^2)
-    fisher_samples: int = 512  # samples of each task used for the Fisher
-    si_lambda: float = 1.0  # SI penalty strength c
-    si_damping: float = 0.1  # SI's xi
-
-
-@dataclass
-class WandbConfig:
-    """Weights & Biases run settings (logger=wandb)."""
-
-    mode: str = "auto"  # auto: online with credentials, else offline | online | offline | disabled
-    project: str = "metaplastic-vit"
-    entity: str | None = None
-    group: str | None = None  # null: the multirun sweep, so a meta sweep is one group
-    tags: list[str] = field(default_factory=list)
-    name: str | None = None  # null: <net>-meta<meta>-s<seed>
-    init_timeout: float = 90.0
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not self.eps > 0:
+            raise UserError(f"optimizer.eps must be > 0, got {self.eps}")
 
 
 @dataclass
 class LoggerConfig:
-    """Result sinks: local files always; W&B when `wandb` is set."""
+    """Result sinks, each built from its node: files and console always, W&B when `wandb` is set."""
 
-    plots: bool = True
-    progress: str = "auto"  # auto: a bar on a terminal, one line per epoch otherwise; bar | lines | none
-    wandb: WandbConfig | None = None
+    files: LocalSinkConfig = field(default_factory=LocalSinkConfig)
+    console: ConsoleSinkConfig = field(default_factory=ConsoleSinkConfig)
+    wandb: WandbSinkConfig | None = None
+
+
+@dataclass
+class PathsConfig:
+    """Where runs and data go."""
+
+    output_dir: str = "outputs"
+    data_dir: str = "data"
 
 
 @dataclass
 class Config:
     """The whole experiment. The seed's knobs are top-level keys so its commands translate one to one."""
 
-    net: NetConfig = MISSING
+    net: Any = MISSING
     arch: ArchConfig = field(default_factory=ArchConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optimizer: Any = MISSING
+    strategy: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    paths: Any = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
     meta: Any = 0.0  # a number, or a list with one value per metaplastic weight tensor
     lr: float = 0.005
     gamma: float = 1.0
@@ -119,19 +169,38 @@ class Config:
     epochs_per_task: int = 20
     task_sequence: list[str] = field(default_factory=lambda: ["pdigits", "pdigits", "pdigits"])
     device: str = "auto"
+    precision: Precision = Precision.auto
     seed: int = 0
     batch_size: int = 100
-    threads: int | None = None  # null: SLURM_CPUS_PER_TASK, else all cores
+    fresh_optimizer: bool = True  # a new optimizer (fresh moments) at every task, as in the paper
+    threads: int | None = None  # null: SLURM_CPUS_PER_TASK, else the launcher's, else all cores
     checkpoint: bool = True
     sweep_name: str = "adhoc"
+    tags: dict[str, Any] = field(default_factory=dict)  # free-form labels, kept in the results and W&B
+
+    def __post_init__(self) -> None:
+        metas = list(self.meta) if isinstance(self.meta, list | tuple) else [self.meta]
+        if not metas or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) and m >= 0
+                                for m in metas):
+            raise UserError(f"meta must be a number >= 0 or a list of them, got {self.meta!r}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be > 0, got {self.lr}")
+        if not self.gamma > 0:
+            raise UserError(f"gamma must be > 0, got {self.gamma}")
+        if not self.decay >= 0:
+            raise UserError(f"decay must be >= 0, got {self.decay}")
+        _positive("epochs_per_task", self.epochs_per_task)
+        _positive("batch_size", self.batch_size)
+        _positive("threads", self.threads, optional=True)
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"seed must lie in [0, 2^63), got {self.seed}")
+        if not self.task_sequence:
+            raise UserError("task_sequence must name at least one task")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"unknown device {self.device!r}; choose one of auto, cpu, cuda or cuda:<index>")
 
 
-SCENARIOS = ("auto", "domain", "class", "task")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-PROGRESS = ("auto", "bar", "lines", "none")
-STRATEGIES = ("naive", "ewc", "si", "joint")
-META_ON = ("all", "binary")
-DEVICES = ("auto", "cpu", "cuda")
+FREE_FORM = ("tags",)  # nodes that take any keys
 
 
 def local_batch(launcher_target: str, cpus_per_task: int | None) -> int | None:
@@ -147,48 +216,48 @@ def run_dirname(overrides: str) -> str:
 
 
 def register() -> None:
-    """Put the schema in Hydra's ConfigStore (as `schema`) and register the config's resolvers."""
-    ConfigStore.instance().store(name="schema", node=Config)
+    """Put the schemas in Hydra's ConfigStore and register the config's resolvers."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="schema/net", name="vit", node=ViTNetConfig)
+    cs.store(group="schema/net", name="mlp", node=MLPNetConfig)
+    cs.store(group="schema/optimizer", name="metaplastic_adam", node=MetaplasticAdamConfig)
+    for name, schema in load_all().items():
+        cs.store(group="schema/strategy", name=name, node=schema)
     OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
     OmegaConf.register_new_resolver("local_batch", local_batch, replace=True)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    """(dotted key, the node's valid keys) for every key outside the schema, e.g. added with `+`."""
+    found: list[tuple[str, list[str]]] = []
+    if not isinstance(node, DictConfig) or node._is_none():
+        return found
+    schema = OmegaConf.get_type(node)
+    valid = [f.name for f in fields(schema)] if schema is not None and is_dataclass(schema) else None
+    for key in node.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if valid is not None and key not in valid:
+            found.append((full, valid))
+        elif full not in FREE_FORM and not OmegaConf.is_missing(node, key):
+            found += unknown_keys(node._get_node(key), full)
+    return found
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range and choice checks that the types cannot express; raises UserError with one line."""
-    meta = cfg.meta
-    metas = list(meta) if isinstance(meta, ListConfig | list) else [meta]
-    if not metas or not all(_number(m) and math.isfinite(m) and m >= 0 for m in metas):
-        shown = OmegaConf.to_object(meta) if isinstance(meta, ListConfig) else meta
-        raise UserError(f"meta must be a number >= 0 or a list of them, got {shown!r}")
-    checks = [
-        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
-        (cfg.gamma > 0, f"gamma must be > 0, got {cfg.gamma}"),
-        (cfg.decay >= 0, f"decay must be >= 0, got {cfg.decay}"),
-        (cfg.epochs_per_task >= 1, f"epochs_per_task must be >= 1, got {cfg.epochs_per_task}"),
-        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
-        (cfg.data.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {cfg.data.eval_batch_size}"),
-        (len(cfg.task_sequence) >= 1, "task_sequence must name at least one task"),
-        (cfg.device in DEVICES or cfg.device.startswith("cuda:"),
-         f"unknown device {cfg.device!r}; choose one of {', '.join(DEVICES)} or cuda:<index>"),
-        (cfg.data.scenario in SCENARIOS,
-         f"unknown data.scenario {cfg.data.scenario!r}; choose one of {', '.join(SCENARIOS)}"),
-        (cfg.optimizer.meta_on in META_ON,
-         f"unknown optimizer.meta_on {cfg.optimizer.meta_on!r}; choose one of {', '.join(META_ON)}"),
-        (cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}"),
-        (cfg.strategy.name in STRATEGIES,
-         f"unknown strategy {cfg.strategy.name!r}; choose one of {', '.join(STRATEGIES)}"),
-        (cfg.strategy.ewc_lambda >= 0 and cfg.strategy.si_lambda >= 0 and cfg.strategy.si_damping > 0,
-         "strategy.ewc_lambda and si_lambda must be >= 0 and si_damping > 0"),
-        (cfg.logger.progress in PROGRESS,
-         f"unknown logger.progress {cfg.logger.progress!r}; choose one of {', '.join(PROGRESS)}"),
-        (cfg.logger.wandb is None or cfg.logger.wandb.mode in WANDB_MODES,
-         f"unknown logger.wandb.mode {cfg.logger.wandb and cfg.logger.wandb.mode!r}; "
-         f"choose one of {', '.join(WANDB_MODES)}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+def validate(cfg: DictConfig) -> Config:
+    """The config as checked dataclasses; a UserError (one line) for a key outside the schema or a bad value."""
+    for key, valid in unknown_keys(cfg):
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f"; did you mean {key[:-len(leaf)]}{close[0]}?" if close else ""
+        raise UserError(f"unknown config key {key!r}{hint} (keys outside the schema are refused, also with '+'; "
+                        "free-form labels go under tags, e.g. +tags.note=...)")
+    try:
+        return OmegaConf.to_object(cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # OmegaConf wraps a check's error with its key
+        cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else None
+        if cause is not None:
+            raise cause from None
+        raise

@@ -1,4 +1,4 @@
-"""Composition root: a validated config in, a trained and measured experiment out."""
+"""Composition root: a config in; model, data, optimizer, plugins and sinks built; a trained, measured run out."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .config import validate
-from .data import TaskSet, build_tasks, parse_task_sequence
+from .data import build_tasks, parse_task_sequence
 from .errors import UserError
-from .loggers import LocalSink, ProgressSink, WandbSink
-from .models import MODELS, create_model
-from .trainer import ContinualTrainer, Sink, TrainSettings
+from .models import resolve_spec
+from .record import NON_SCIENTIFIC, RunRecord
+from .strategies.base import Plugin
+from .strategies.diagnostics import Diagnostics
+from .strategies.per_task import PerTaskState
+from .trainer import ContinualTrainer, Precision, TrainSettings, resolve_precision
 
 log = logging.getLogger(__name__)
-
-# Keys that do not change what is computed: a run may resume with other values for them.
-NON_SCIENTIFIC = ("logger", "paths", "threads", "device", "checkpoint", "data.root", "data.cache_dir",
-                  "data.download", "data.eval_batch_size", "optimizer.implementation")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,8 +36,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Below this many parameters a CPU run is fastest on one thread: the embedded default (0.1 M) trained in
-# 23 s on 1 thread and 34 s on 2 (benchmarks/RESULTS.md), the per-op work being too small to share.
+# Below this many parameters a CPU run is fastest on one thread: the per-op work is too small to share
+# (benchmarks/RESULTS.md).
 ONE_THREAD_BELOW_PARAMS = 1_000_000
 
 
@@ -52,74 +52,70 @@ def set_threads(threads: int | None, launcher_cpus: int | None, model: nn.Module
     return torch.get_num_threads()
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """A hash of the scientific part of the config: a checkpoint resumes only under the same one."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_SCIENTIFIC:
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def fingerprint(cfg: DictConfig, precision: Precision) -> str:
+    """A hash of everything that changes a run's numbers: a checkpoint resumes only under the same one.
+
+    The test batch size counts only where it changes results (BatchNorm with transductive statistics); the
+    precision counts as resolved (auto on a GPU is bf16).
+    """
+    data = plain(cfg)
+    data["precision"] = precision.value
+    skipped = [k for k in NON_SCIENTIFIC if not (k == "data.eval_batch_size" and data["net"].get("transductive_bn"))]
+    for key in skipped:
         *parents, leaf = key.split(".")
-        node = plain
+        node = data
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_model(cfg: DictConfig, data: TaskSet) -> nn.Module:
-    """The net named by `cfg.net`, sized by `cfg.arch` (ViT) or `cfg.net.hidden` (MLP) and by the data."""
-    net = cfg.net
-    arch: dict[str, Any] = {"img_size": data.img_size, "in_chans": data.in_chans,
-                            "num_classes": data.labels.num_classes}
-    if MODELS[net.model].family == "vit":
-        arch.update({k: v for k, v in OmegaConf.to_container(cfg.arch).items() if k != "img_size"})
-    else:
-        arch["hidden"] = list(net.hidden)
-    overrides = {k: (list(v) if v is not None and k != "binary_scale" else v)
-                 for k in ("binary_weights", "binary_inputs", "binary_scale") if (v := net.get(k)) is not None}
-    return create_model(net.model, **overrides, **arch)
-
-
-def make_sinks(cfg: DictConfig, run_dir: Path, total_epochs: int, sweep_id: str | None = None) -> list[Sink]:
-    """Local files and console progress always; W&B when `logger.wandb` is configured (grouped by sweep)."""
-    sinks: list[Sink] = [LocalSink(run_dir, plots_enabled=cfg.logger.plots),
-                         ProgressSink(cfg.logger.progress, total_epochs)]
-    if cfg.logger.wandb is not None:
-        sinks.append(WandbSink(OmegaConf.to_container(cfg.logger.wandb, resolve=True), run_dir,
-                               default_group=sweep_id))
-    return sinks
+def build_plugins(cfg: DictConfig, model: nn.Module, run_dir: Path) -> list[Plugin]:
+    """The strategy, per-task state (where the net keeps any), diagnostics, then the sinks, in hook order."""
+    plugins = [instantiate(cfg.strategy, _convert_="all")(model=model)]
+    if model.net_spec.per_task:
+        plugins.append(PerTaskState(model, model.net_spec.per_task))
+    plugins.append(Diagnostics(model))
+    for node in (cfg.logger.files, cfg.logger.console, cfg.logger.wandb):
+        if node is not None:
+            plugins.append(instantiate(node, _convert_="all")(run_dir=run_dir))
+    return plugins
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None,
-                   sweep_id: str | None = None) -> dict[str, Any]:
-    """Validate `cfg`, build data, model, optimizer settings and sinks, train, and return the results.
+                   sweep: str | None = None) -> RunRecord:
+    """Validate `cfg`, build data, model, optimizer, plugins and sinks, train, and return the record.
 
     `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use;
-    `sweep_id`: names the multirun this job belongs to (the default W&B group)."""
-    validate(cfg)
-    if cfg.net.model not in MODELS:  # checked before any data is loaded
-        raise UserError(f"unknown net.model {cfg.net.model!r}; choose one of {', '.join(MODELS)}")
+    `sweep`: names the multirun this job belongs to (the default W&B group).
+    """
+    settings = validate(cfg)
+    resolve_spec(cfg.net.name)  # an unknown net is refused before any data is loaded
+    tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
-    tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
-    family = MODELS[cfg.net.model].family
-    data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, cfg.data.scenario,
-                       cfg.arch.img_size if family == "vit" else None, device)
+    precision = resolve_precision(settings.precision, device)
+    data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, settings.data.scenario,
+                       cfg.net.get("img_size"), device, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data).to(device)
+    model = instantiate(cfg.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
+                                                  in_chans=data.in_chans).to(device)
     threads = set_threads(cfg.threads, launcher_cpus, model, device)
-    meta = OmegaConf.to_object(cfg.meta) if OmegaConf.is_list(cfg.meta) else cfg.meta
-    settings = TrainSettings(
-        epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-        lr=cfg.lr, gamma=cfg.gamma, decay=cfg.decay, meta=meta, meta_on=cfg.optimizer.meta_on,
-        meta_scale=cfg.optimizer.meta_scale,
-        betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps, fresh_per_task=cfg.optimizer.fresh_per_task,
-        implementation=cfg.optimizer.implementation, seed=cfg.seed, per_task=list(cfg.net.per_task),
-        amp=device.type == "cuda", checkpoint=cfg.checkpoint, strategy=cfg.strategy.name,
-        ewc_lambda=cfg.strategy.ewc_lambda, si_lambda=cfg.strategy.si_lambda, si_damping=cfg.strategy.si_damping,
-        fisher_samples=cfg.strategy.fisher_samples)
-    base = {"config": OmegaConf.to_container(cfg, resolve=True), "run_dir": str(run_dir), "device": str(device),
-            "net": cfg.net.name, "meta": meta, "seed": cfg.seed, "strategy": cfg.strategy.name, "threads": threads,
-            "parameters": sum(p.numel() for p in model.parameters())}
-    trainer = ContinualTrainer(model, data, settings, run_dir, fingerprint(cfg),
-                               make_sinks(cfg, run_dir, cfg.epochs_per_task * len(tasks), sweep_id),
-                               base_results=base)
+    plugins = build_plugins(cfg, model, run_dir)
+    config = plain(cfg)
+    template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value, net=cfg.net.name,
+                         meta=config["meta"], seed=cfg.seed, strategy=plugins[0].name, run_dir=str(run_dir),
+                         sweep=sweep, device=str(device), threads=threads,
+                         parameters=sum(p.numel() for p in model.parameters()))
+    train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
+                          eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
+                          fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,
+                          seed=cfg.seed)
+    trainer = ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
+                               fingerprint(cfg, precision), template)
     return trainer.run()

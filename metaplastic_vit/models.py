@@ -1,77 +1,91 @@
-"""Model factory: timm ViTs binarized by name-pattern policies, and the paper's MLP (bnn / dnn).
+"""One registry of every named net: timm ViTs binarized by name-pattern policies, and the paper's MLPs.
 
-Each named model is a family builder plus a binarization policy held as data (module-name patterns),
-so a new variant is a new pair of pattern lists, not new code. Module names stay timm's
+Each named net is a `NetSpec` (family, binarization policy, per-task modules) held as data, so a new
+variant is a registry entry plus a YAML file in conf/net/, not new code. Module names stay timm's
 (``blocks.<i>.attn.qkv``, ``blocks.<i>.mlp.fc1``, ``head``...), so state dicts stay timm-compatible.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .binarize import SignActivation, binarize_model
+from .binarize import BinaryScale, SignActivation, binarize_model
 from .errors import UserError
 
 
 @dataclass(frozen=True)
-class Policy:
-    """Which modules get binary weights and which get binarized inputs (fnmatch patterns)."""
+class NetSpec:
+    """A named net: family ("vit" or "mlp"), binarization policy and the modules kept once per task.
 
+    `binary_weights`: modules (Linear/Conv2d) computing with sign(W_h); `binary_inputs`: modules whose input
+    is binarized (straight-through sign); both fnmatch patterns over `named_modules()` names. `per_task`:
+    modules whose parameters and buffers are kept once per task (used only by a task-aware test).
+    """
+
+    name: str
+    family: str
     binary_weights: tuple[str, ...] = ()
     binary_inputs: tuple[str, ...] = ()
+    scale: BinaryScale = BinaryScale.fan_in
+    per_task: tuple[str, ...] = ()
+    summary: str = ""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A named model: its family ("vit" or "mlp"), binarization policy and default output scale."""
+_BVIT_WEIGHTS = ("blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
+_BVIT_INPUTS = ("blocks.*.attn", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
+_ATTN_WEIGHTS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", *_BVIT_WEIGHTS)
+_ATTN_INPUTS = ("blocks.*.attn", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
+_FULL_WEIGHTS = ("patch_embed.proj", *_ATTN_WEIGHTS)
+_VIT_NORMS = ("blocks.*.norm1", "blocks.*.norm2", "norm")
 
-    family: str
-    policy: Policy
-    scale: str
+MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
+    NetSpec("vit", "vit", summary="full-precision timm ViT (the seed's vit)"),
+    # The seed's binarized ViT and hybrid: a module's "binary input" is the sign of what feeds it, so "norm1
+    # output is sign" reads as "attn has a binary input".
+    NetSpec("bvit", "vit", _BVIT_WEIGHTS, _BVIT_INPUTS, summary="the seed's bvit: binary MLP and head"),
+    NetSpec("hybrid", "vit", ("blocks.*.mlp.fc1",), ("blocks.*.attn", "blocks.*.mlp.fc1", "head"),
+            summary="the seed's hybrid: binary fc1 only"),
+    NetSpec("bvit_ln", "vit", _BVIT_WEIGHTS, _BVIT_INPUTS, per_task=_VIT_NORMS,
+            summary="bvit with per-task LayerNorms"),
+    NetSpec("bvit_attn", "vit", _ATTN_WEIGHTS, _ATTN_INPUTS, summary="bvit with binary attention projections"),
+    NetSpec("bvit_full", "vit", _FULL_WEIGHTS, _ATTN_INPUTS,
+            summary="every linear map binary (patch embedding, attention, MLP, head)"),
+    NetSpec("bvit_full_ln", "vit", _FULL_WEIGHTS, _ATTN_INPUTS, per_task=_VIT_NORMS,
+            summary="bvit_full with per-task LayerNorms"),
+    # The paper's networks: binary fully connected layers each followed by BatchNorm and a sign activation
+    # (real pixels into the first layer); the full-precision twin uses ReLU. BatchNorm kept per task.
+    NetSpec("bnn", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("bn*",),
+            summary="the paper's binarized MLP with BatchNorm"),
+    NetSpec("dnn", "mlp", scale=BinaryScale.none, per_task=("bn*",), summary="bnn's full-precision twin (ReLU)"),
+)}
 
-
-# The seed's three ViT variants (ALGORITHM.md section 4). A module's "binary input" is the sign of what
-# feeds it, so "norm1 output is sign" reads as "attn has a binary input", and so on.
-MODELS: dict[str, ModelSpec] = {
-    "vit": ModelSpec("vit", Policy(), "fan_in"),
-    "bvit": ModelSpec("vit", Policy(
-        binary_weights=("blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head"),
-        binary_inputs=("blocks.*.attn", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")), "fan_in"),
-    "hybrid": ModelSpec("vit", Policy(
-        binary_weights=("blocks.*.mlp.fc1",),
-        binary_inputs=("blocks.*.attn", "blocks.*.mlp.fc1", "head")), "fan_in"),
-    # The paper's networks: binary fully connected layers each followed by BatchNorm and a sign
-    # activation (real pixels into the first layer); the full-precision twin uses ReLU.
-    "bnn": ModelSpec("mlp", Policy(binary_weights=("fc*",)), "none"),
-    "dnn": ModelSpec("mlp", Policy(), "none"),
-}
+VIT_ARCH = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+MLP_ARCH = ("hidden", "transductive_bn")
 
 
 class MLP(nn.Module):
     """Flatten -> [Linear -> BatchNorm1d -> activation] * hidden -> Linear -> BatchNorm1d.
 
     Layers are named fc1..fcN and bn1..bnN as in the paper's code. `activation` is "relu" for the
-    full-precision net and "sign" (straight-through) for the binarized one.
+    full-precision net and "sign" (straight-through) for the binarized one. BatchNorm tests with running
+    statistics; `transductive_bn` makes it normalise every test batch with that batch's own statistics (the
+    paper's code since 2023), which lets a batch drawn from one task carry its identity.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
-                 activation: str = "relu", bn_running_stats: bool = False) -> None:
+                 activation: str = "relu", transductive_bn: bool = False) -> None:
         super().__init__()
         sizes = [in_features, *hidden, num_classes]
         self.num_layers = len(sizes) - 1
         for i in range(self.num_layers):
             self.add_module(f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
-            self.add_module(f"bn{i + 1}", nn.BatchNorm1d(sizes[i + 1], track_running_stats=bn_running_stats))
-        acts = {"relu": nn.ReLU, "sign": SignActivation}
-        if activation not in acts:
-            raise UserError(f"unknown activation {activation!r}; choose one of {', '.join(acts)}")
-        self.act = acts[activation]()
+            self.add_module(f"bn{i + 1}", nn.BatchNorm1d(sizes[i + 1], track_running_stats=not transductive_bn))
+        self.act = SignActivation() if activation == "sign" else nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = x.flatten(1)
@@ -82,9 +96,16 @@ class MLP(nn.Module):
         return x
 
 
-def _build_vit(img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, patch_size: int = 16,
-               embed_dim: int = 768, depth: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0,
-               qkv_bias: bool = True) -> nn.Module:
+def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int = 16, embed_dim: int = 768,
+               depth: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    for key, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
+                       ("depth", depth), ("num_heads", num_heads)):
+        if value < 1:
+            raise UserError(f"arch.{key} must be >= 1, got {value}")
+    if mlp_ratio <= 0:
+        raise UserError(f"arch.mlp_ratio must be > 0, got {mlp_ratio}")
     if img_size % patch_size:
         raise UserError(f"patch_size {patch_size} does not divide img_size {img_size}; "
                         f"choose a patch size among {[p for p in range(1, img_size + 1) if img_size % p == 0]}")
@@ -95,68 +116,46 @@ def _build_vit(img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, 
                              qkv_bias=qkv_bias, class_token=True, global_pool="token", pos_embed="learn")
 
 
-def _build_mlp(binarized: bool, img_size: int = 28, in_chans: int = 1, num_classes: int = 10,
-               hidden: Sequence[int] = (1024, 1024), bn_running_stats: bool = False) -> nn.Module:
+def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
+               transductive_bn: bool = False) -> nn.Module:
+    if not hidden or any(h < 1 for h in hidden):
+        raise UserError(f"net.hidden must list layer widths >= 1, got {list(hidden)}")
     return MLP(in_chans * img_size * img_size, num_classes, hidden=tuple(hidden),
-               activation="sign" if binarized else "relu", bn_running_stats=bn_running_stats)
+               activation="sign" if spec.binary_weights else "relu", transductive_bn=transductive_bn)
 
 
-def create_model(name: str, *, binary_weights: Sequence[str] | None = None,
-                 binary_inputs: Sequence[str] | None = None, binary_scale: str | None = None, **arch) -> nn.Module:
-    """Build model `name` mapping images (B, C, H, W) to logits.
-
-    `name` picks the family and default policy (see MODELS); `binary_weights` / `binary_inputs` replace
-    the policy's pattern lists (define a new variant without code), `binary_scale` the output scale of
-    binary layers ("none", "fan_in", "mean_abs"). `arch` holds the family's size keys: img_size, in_chans,
-    num_classes, and patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias (vit) or hidden (mlp).
-    """
+def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
+                 binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None) -> NetSpec:
+    """The registry's spec of net `name` with the given policy fields replaced (None keeps the registry's)."""
     if name not in MODELS:
         raise UserError(f"unknown net {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
-    weights = spec.policy.binary_weights if binary_weights is None else tuple(binary_weights)
-    inputs = spec.policy.binary_inputs if binary_inputs is None else tuple(binary_inputs)
-    if spec.family == "vit":
-        allowed = {"img_size", "in_chans", "num_classes", "patch_size", "embed_dim", "depth", "num_heads",
-                   "mlp_ratio", "qkv_bias"}
-    else:
-        allowed = {"img_size", "in_chans", "num_classes", "hidden", "bn_running_stats"}
-    unknown = sorted(set(arch) - allowed)
-    if unknown:
-        raise UserError(f"unknown arch keys {unknown} for net {name!r}; allowed: {', '.join(sorted(allowed))}")
-    if spec.family == "vit":
-        model = _build_vit(**arch)
-    else:
-        model = _build_mlp(binarized=bool(weights), **arch)
-    return binarize_model(model, weights, inputs, scale=binary_scale or spec.scale)
+    changes = {k: tuple(v) for k, v in (("binary_weights", binary_weights), ("binary_inputs", binary_inputs),
+                                         ("per_task", per_task)) if v is not None}
+    if binary_scale is not None:
+        changes["scale"] = BinaryScale(binary_scale)
+    return dataclasses.replace(spec, **changes)
 
 
-class TaskLocalState:
-    """Parameters and buffers kept once per task (the paper's per-task BatchNorm), saved and restored.
+def create_model(name: str, *, num_classes: int, img_size: int, in_chans: int,
+                 binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
+                 binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
+                 **arch: object) -> nn.Module:
+    """Build net `name` (see MODELS) mapping images (B, in_chans, img_size, img_size) to `num_classes` logits.
 
-    `patterns` are fnmatch globs on module names (e.g. ``bn*`` or ``blocks.*.norm*``); the state of the
-    matched modules is snapshotted at the end of each task and swapped in to test that task.
+    `binary_weights`, `binary_inputs`, `binary_scale` and `per_task` replace the registry's policy (a variant
+    without code); `arch` holds the family's size keys (VIT_ARCH or MLP_ARCH). The returned model carries
+    its resolved spec as `model.net_spec`.
     """
-
-    def __init__(self, model: nn.Module, patterns: Sequence[str]) -> None:
-        self.model = model
-        self.modules = {n: m for n, m in model.named_modules()
-                        if n and any(fnmatch.fnmatchcase(n, p) for p in patterns)}
-        if patterns and not self.modules:
-            raise UserError(f"per_task patterns {list(patterns)} match no module of the model")
-        self.saved: list[dict[str, dict[str, torch.Tensor]]] = []
-
-    def snapshot(self) -> dict[str, dict[str, torch.Tensor]]:
-        """A detached copy of the current per-task state."""
-        return {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in self.modules.items()}
-
-    def load(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Copy `state` into the model in place (parameters keep their identity for the optimizer)."""
-        for n, m in self.modules.items():
-            m.load_state_dict(state[n])
-
-    def save_task(self, task: int) -> None:
-        """Store the current state as task `task`'s copy."""
-        if task < len(self.saved):
-            self.saved[task] = self.snapshot()
-        else:
-            self.saved.append(self.snapshot())
+    spec = resolve_spec(name, binary_weights, binary_inputs, binary_scale, per_task)
+    allowed = VIT_ARCH if spec.family == "vit" else MLP_ARCH
+    unknown = sorted(set(arch) - set(allowed))
+    if unknown:
+        raise UserError(f"unknown arch keys {unknown} for net {name!r}; allowed: {', '.join(allowed)}")
+    if spec.family == "vit":
+        model = _build_vit(img_size, in_chans, num_classes, **arch)
+    else:
+        model = _build_mlp(spec, img_size, in_chans, num_classes, **arch)
+    model = binarize_model(model, spec.binary_weights, spec.binary_inputs, scale=spec.scale)
+    model.net_spec = spec
+    return model

@@ -2,39 +2,69 @@
 
 The rule is the paper's Adam_meta (Laborieux et al. 2021): for every weight with two or more dimensions,
 where the first moment points toward a sign flip (sign(W) * m > 0) the step uses f_meta * m instead of m,
-with f_meta = 1 - tanh^2(meta * |W|). Updates that grow |W| are never attenuated; with meta = 0 this is
-exactly Adam with L2 weight decay. The math is written once with multi-tensor (foreach) ops; the same
-function runs eagerly or compiled by torch.compile into one fused pass per tensor.
+with f_meta = 1 - tanh^2(meta * |W|) (`attenuation`, also used by the diagnostics). Updates that grow |W|
+are never attenuated; with meta = 0 this is exactly Adam with L2 weight decay. The update is written once;
+it runs eagerly or compiled by torch.compile into one fused pass per tensor.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import Any
 
 import torch
-from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
+from torch import nn
 from torch.optim import Optimizer
 
+from .binarize import BINARY_LAYERS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-Implementation = Literal["auto", "compiled", "foreach"]
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "compiled", "foreach")
-MetaScale = Literal["none", "rms"]
-META_SCALES: tuple[str, ...] = ("none", "rms")
 
-# "auto" compiles on CPU from this many parameters per step call. Compiling costs seconds once per process
-# and model (8-20 s on 2 cores with an empty inductor cache, about 2 s with it filled) and saves 3-6 ms per
-# million parameters per step over foreach there (seed-size bvit: 14 instead of 200 ms): from 1 M
-# parameters it pays off within a few thousand steps (bnn and small ViT, 1.8 M: about 500), for the
-# embedded default (0.1 M, 900 steps per run) only after about 10,000. benchmarks/bench_optimizer.py.
+class Implementation(StrEnum):
+    """How the update runs: foreach (eager), compiled (torch.compile), auto (compiled where it pays)."""
+
+    auto = "auto"
+    compiled = "compiled"
+    foreach = "foreach"
+
+
+class MetaScale(StrEnum):
+    """What meta multiplies: |W| (the paper) or |W| / rms(W) of the tensor (budget-independent variant)."""
+
+    none = "none"
+    rms = "rms"
+
+
+class MetaOn(StrEnum):
+    """Which weights metaplasticity acts on: every tensor with >= 2 dims (the paper) or binary layers only."""
+
+    all = "all"
+    binary = "binary"
+
+
+# "auto" compiles on CPU from this many parameters per step call: compiling costs seconds once per process
+# and model, and pays off only for models whose step is long enough (benchmarks/bench_optimizer.py).
 AUTO_COMPILE_MIN_PARAMS_CPU = 1_000_000
 
 _NEG_2_OVER_LN2 = -2 / math.log(2)  # exp(y) = 2^(y / ln 2)
+
+
+def attenuation(weight: torch.Tensor, meta: float | torch.Tensor, relative: bool = False) -> torch.Tensor:
+    """f_meta = 1 - tanh^2(meta * |W|) elementwise (|W| / rms(W) when `relative`), in (0, 1].
+
+    Computed as sech^2(x) = 4 e / (1 + e)^2 with e = exp(-2x) = 2^(-2x / ln 2): one exponential, no overflow,
+    and accurate where f_meta is tiny (1 - tanh^2 cancels there); inductor lowers it to one fused loop.
+    """
+    x = weight.abs()
+    if relative:
+        x = x / (torch.linalg.vector_norm(weight) / math.sqrt(weight.numel())).clamp_min(1e-12)
+    e = torch.pow(2.0, x * (meta * _NEG_2_OVER_LN2))
+    return 4 * (e / ((e + 1) * (e + 1)))
 
 
 def _applies(meta: float | torch.Tensor) -> bool:
@@ -50,18 +80,10 @@ def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor
                             relative: bool = False) -> None:
     """One metaplastic Adam step in place on lists of tensors.
 
-    `relative`: the rule sees |W| / rms(W) of each tensor instead of |W| (meta_scale="rms"), so the share
-    of consolidated weights no longer depends on how far training has grown the hidden weights.
-
     `metas[i]` is the coefficient of tensor i: a number (0 for tensors the rule leaves alone, e.g. 1-D
-    ones) or a 0-dim tensor (always applied). The compiled version takes the metas of the weights and the
-    step-dependent scalars as 0-dim tensors, so it never recompiles as steps go on or meta changes;
-    eagerly they are Python floats, as in torch.optim.Adam.
-    Every elementwise op here has an inductor lowering, so torch.compile turns the whole step into one
-    fused loop per tensor (reading W, g, m, v once and writing W, m, v once; `relative` adds one reading
-    pass for the norms); keep it that way when editing: an op without one (e.g. _foreach_tanh,
-    _foreach_exp, a list of Python scalars) runs as separate eager passes and allocations in the middle
-    of the compiled step, several times slower on CPU.
+    ones) or a 0-dim tensor (always applied). The compiled version takes the metas and the step-dependent
+    scalars as 0-dim tensors, so it never recompiles as steps go on or meta changes. Every op here has an
+    inductor lowering, so torch.compile fuses the step into one loop per tensor; keep it that way.
     """
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
@@ -70,33 +92,15 @@ def metaplastic_adam_update(params: list[torch.Tensor], grads: list[torch.Tensor
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
 
     moments = list(exp_avgs)
-    meta_idx = [i for i, meta in enumerate(metas) if _applies(meta)]
-    if meta_idx:
-        weights = [params[i] for i in meta_idx]
-        firsts = [exp_avgs[i] for i in meta_idx]
-        # f_meta = 1 - tanh^2(x) = sech^2(x) = 4 e / (1 + e)^2 with x = meta * |W| and e = exp(-2x) in (0, 1]:
-        # one exponential, no overflow, and accurate where f_meta is tiny (1 - tanh^2 cancels there).
-        # e is computed as 2^(-2x / ln 2), which inductor lowers to a vector exp2.
-        exponents = torch._foreach_abs(weights)
-        if relative:
-            rms = [(n / math.sqrt(w.numel())).clamp_min(1e-12) for n, w in
-                   zip(torch._foreach_norm(weights), weights, strict=True)]
-            torch._foreach_div_(exponents, rms)
-        torch._foreach_mul_(exponents, [metas[i] * _NEG_2_OVER_LN2 for i in meta_idx])
-        quarter_f = torch._foreach_pow(2.0, exponents)  # e, divided in place by (1 + e)^2 below
-        one_plus_e_sq = torch._foreach_add(quarter_f, 1.0)
-        torch._foreach_mul_(one_plus_e_sq, one_plus_e_sq)
-        torch._foreach_div_(quarter_f, one_plus_e_sq)  # e / (1 + e)^2 = f_meta / 4
-        # sign(W) * relu(sign(W) * m) is m where sign(W) * m > 0 (consolidating) and 0 elsewhere.
-        signs = torch._foreach_sign(weights)
-        consolidating = torch._foreach_mul(signs, firsts)
-        torch._foreach_clamp_min_(consolidating, 0.0)
-        torch._foreach_mul_(consolidating, signs)
-        # (m - c) + f_meta * c: f_meta * m where consolidating, m elsewhere (m - c is exactly 0 or m).
-        used = torch._foreach_sub(firsts, consolidating)
-        torch._foreach_addcmul_(used, consolidating, quarter_f, value=4.0)
-        for i, moment in zip(meta_idx, used, strict=True):
-            moments[i] = moment
+    for i, meta in enumerate(metas):
+        if not _applies(meta):
+            continue
+        w, m = params[i], exp_avgs[i]
+        # sign(W) * relu(sign(W) * m) is m where sign(W) * m > 0 (consolidating) and 0 elsewhere;
+        # (m - c) + f_meta * c is then f_meta * m where consolidating and m elsewhere.
+        signs = torch.sign(w)
+        consolidating = (signs * m).clamp_min_(0.0).mul_(signs)
+        moments[i] = (m - consolidating).addcmul_(consolidating, attenuation(w, meta, relative))
 
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias_correction2_sqrt)
@@ -123,28 +127,28 @@ class MetaplasticAdam(Optimizer):
     `meta` is a per-param-group value, so layer-wise meta is a list of param groups. It applies to
     tensors with two or more dimensions; 1-D tensors (biases, norms) get plain Adam. `meta_scale="rms"`
     (per group) applies meta to |W| divided by the tensor's current RMS: a budget-independent variant.
-    `implementation`: "foreach" (eager multi-tensor ops), "compiled" (torch.compile of the same math),
-    or "auto": compiled on CUDA, and on CPU for AUTO_COMPILE_MIN_PARAMS_CPU parameters or more (smaller
-    models take fewer steps than it needs to pay off its compile time); foreach when compiling fails.
-    Param groups that share lr, betas, eps, weight decay and step count are updated in one call (one
-    compiled graph per model, whatever the number of meta values).
+    `implementation`: "foreach" (eager), "compiled" (torch.compile of the same math), or "auto": compiled
+    on CUDA, and on CPU from AUTO_COMPILE_MIN_PARAMS_CPU parameters; foreach when compiling fails.
+    Each parameter keeps its own step count (its bias correction); parameters that share settings and
+    step count are updated in one call.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, meta: float = 0.0, meta_scale: MetaScale = "none",
-                 implementation: Implementation = "auto") -> None:
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, meta: float = 0.0,
+                 meta_scale: MetaScale | str = MetaScale.none,
+                 implementation: Implementation | str = Implementation.auto) -> None:
         if not lr > 0:
             raise UserError(f"lr must be > 0, got {lr}")
-        if not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
-            raise UserError(f"betas must lie in [0, 1), got {tuple(betas)}")
-        if implementation not in IMPLEMENTATIONS:
-            raise UserError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise UserError(f"betas must be two numbers in [0, 1), got {list(betas)}")
+        if not eps > 0:
+            raise UserError(f"eps must be > 0, got {eps}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, meta=meta,
-                        meta_scale=meta_scale)
+                        meta_scale=MetaScale(meta_scale))
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check_group(group)
-        self.implementation = implementation
+        self.implementation = Implementation(implementation)
         self._compile_failed = False  # "auto" then stays on foreach
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:  # noqa: D102
@@ -153,8 +157,8 @@ class MetaplasticAdam(Optimizer):
 
     def compiles(self, params: list[torch.Tensor]) -> bool:
         """Whether a step call on `params` (tensors on one device) runs compiled."""
-        if self.implementation != "auto":
-            return self.implementation == "compiled"
+        if self.implementation != Implementation.auto:
+            return self.implementation == Implementation.compiled
         if self._compile_failed:
             return False
         return params[0].device.type == "cuda" or sum(p.numel() for p in params) >= AUTO_COMPILE_MIN_PARAMS_CPU
@@ -167,10 +171,9 @@ class MetaplasticAdam(Optimizer):
                 loss = closure()
         calls: dict[tuple, list[tuple[torch.Tensor, float]]] = {}  # shared settings -> (param, meta)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if p.grad.is_sparse:
                     raise RuntimeError("MetaplasticAdam does not support sparse gradients")
                 state = self.state[p]
@@ -179,10 +182,9 @@ class MetaplasticAdam(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = state["step"] + 1  # a new tensor: never shared with a loaded state dict
-            settings = (params[0].device, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
-                        float(self.state[params[0]]["step"]), group["meta_scale"] == "rms")
-            meta = float(group["meta"])
-            calls.setdefault(settings, []).extend((p, meta) for p in params)
+                settings = (p.device, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
+                            float(state["step"]), group["meta_scale"] == MetaScale.rms)
+                calls.setdefault(settings, []).append((p, float(group["meta"])))
         for (device, lr, beta1, beta2, eps, weight_decay, step, relative), members in calls.items():
             params = [p for p, _ in members]
             args = (params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
@@ -205,10 +207,12 @@ class MetaplasticAdam(Optimizer):
     def _run_compiled(self, *args: Any) -> bool:
         """Run the compiled update; False (nothing done) when "auto" cannot compile it, e.g. without a C++
         compiler or past dynamo's recompile limit, which then stays on foreach."""
+        from torch._dynamo.exc import BackendCompilerFailed, FailOnRecompileLimitHit
+
         try:
             _compiled()(*args)
         except (BackendCompilerFailed, FailOnRecompileLimitHit) as exc:
-            if self.implementation == "compiled":
+            if self.implementation == Implementation.compiled:
                 raise
             log.warning("MetaplasticAdam: compiling the step failed (%s); using the foreach implementation",
                         " ".join(str(exc).split())[:300])
@@ -221,5 +225,50 @@ def _check_group(group: dict[str, Any]) -> None:
     meta = group["meta"]
     if isinstance(meta, bool) or not isinstance(meta, int | float) or not math.isfinite(meta) or meta < 0:
         raise UserError(f"meta must be a finite number >= 0, got {meta!r}")
-    if group["meta_scale"] not in META_SCALES:
-        raise UserError(f"unknown meta_scale {group['meta_scale']!r}; choose one of {', '.join(META_SCALES)}")
+    try:
+        group["meta_scale"] = MetaScale(group["meta_scale"])
+    except ValueError:
+        raise UserError(f"unknown meta_scale {group['meta_scale']!r}; choose one of "
+                        f"{', '.join(s.value for s in MetaScale)}") from None
+
+
+def meta_targets(model: nn.Module, meta_on: MetaOn | str) -> list[tuple[str, nn.Parameter]]:
+    """The weight tensors metaplasticity acts on, in model order: every parameter with >= 2 dimensions
+    (meta_on="all", the paper's rule) or only the binary layers' weights (meta_on="binary")."""
+    if MetaOn(meta_on) == MetaOn.binary:
+        return [(f"{n}.weight", m.weight) for n, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]
+    return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
+
+
+def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaOn | str) -> list[dict[str, Any]]:
+    """Param groups for MetaplasticAdam: one per distinct meta value, and meta 0 for everything else.
+
+    A list `meta` gives one value per target tensor (layer-wise meta, as the paper's --meta list).
+    """
+    targets = meta_targets(model, meta_on)
+    if isinstance(meta, int | float):
+        metas = [float(meta)] * len(targets)
+    else:
+        metas = [float(m) for m in meta]
+        if len(metas) != len(targets):
+            names = ", ".join(n for n, _ in targets)
+            raise UserError(f"meta has {len(metas)} values but the model has {len(targets)} metaplastic weight "
+                            f"tensors (optimizer.meta_on={MetaOn(meta_on).value}): {names}")
+    by_meta: dict[float, list[nn.Parameter]] = {}
+    for (_, p), m in zip(targets, metas, strict=True):
+        by_meta.setdefault(m, []).append(p)
+    chosen = {id(p) for _, p in targets}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    groups = [{"params": ps, "meta": m} for m, ps in by_meta.items()]
+    if rest:
+        groups.append({"params": rest, "meta": 0.0})
+    return groups
+
+
+def metaplastic_adam(model: nn.Module, *, lr: float, weight_decay: float, meta: float | Sequence[float],
+                     meta_on: MetaOn | str = MetaOn.all, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                     meta_scale: MetaScale | str = MetaScale.none,
+                     implementation: Implementation | str = Implementation.auto) -> MetaplasticAdam:
+    """MetaplasticAdam over `model`'s parameters, grouped by meta (the optimizer config's target)."""
+    return MetaplasticAdam(param_groups(model, meta, meta_on), lr=lr, betas=betas, eps=eps,
+                           weight_decay=weight_decay, meta_scale=meta_scale, implementation=implementation)

@@ -1,59 +1,79 @@
-"""Figures of one run (accuracy over training, accuracy matrix, hidden weights) and across runs."""
+"""Figures of one run (accuracy over training, accuracy matrices, hidden weights); helpers for reports.
+
+matplotlib is imported when a figure is drawn, not when the package loads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .record import EpochRecord, RunRecord
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as a PNG and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
-def _task_boundaries(ax: plt.Axes, records: Sequence[Mapping[str, Any]]) -> None:
+def protocol(scenario: str) -> str:
+    """How a run's own accuracy matrix was tested, in words."""
+    return "with the task id (task scenario)" if scenario == "task" else f"without the task id ({scenario} scenario)"
+
+
+def task_boundaries(ax: Axes, epochs: Sequence[EpochRecord]) -> None:
     """Dashed lines where a new task begins, labelled with the task number."""
-    for k, rec in enumerate(records):
-        if rec["epoch"] == 0 and rec["task"] > 0:
+    for k, e in enumerate(epochs):
+        if e.epoch == 0 and e.task > 0:
             ax.axvline(k + 0.5, color="grey", linestyle="--", linewidth=0.8)
-    for task in sorted({r["task"] for r in records}):
-        xs = [k + 1 for k, r in enumerate(records) if r["task"] == task]
+    for task in sorted({e.task for e in epochs}):
+        xs = [k + 1 for k, e in enumerate(epochs) if e.task == task]
         ax.text((xs[0] + xs[-1]) / 2, 1.01, f"task {task + 1}", transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=8, color="grey")
 
 
-def accuracy_curves(results: Mapping[str, Any], path: str | Path) -> Path:
-    """Test accuracy of every task after every epoch, with task boundaries marked."""
-    records = results["epochs"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    xs = np.arange(1, len(records) + 1)
-    for j, name in enumerate(results["tasks"]):
-        ax.plot(xs, [r["test_acc"][j] for r in records], label=name, linewidth=1.5)
-    _task_boundaries(ax, records)
+def accuracy_curves(record: RunRecord) -> Figure:
+    """Test accuracy of every task after every epoch (the run's own protocol), task boundaries marked."""
+    fig, ax = pyplot().subplots(figsize=(7, 4))
+    xs = np.arange(1, len(record.epochs) + 1)
+    for j, name in enumerate(record.tasks):
+        ax.plot(xs, [e.test_acc[j] for e in record.epochs], label=name, linewidth=1.5)
+    task_boundaries(ax, record.epochs)
     ax.set_xlabel("epoch (all tasks, in training order)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_xlim(0.5, len(records) + 0.5)
+    ax.set_xlim(0.5, len(record.epochs) + 0.5)
     ax.grid(alpha=0.3)
     ax.legend(title="tested task", fontsize=8, loc="lower left")
-    ax.set_title(results.get("title", "accuracy of every task during training"), pad=16)
-    return _save(fig, path)
+    ax.set_title(f"every task during training, tested {protocol(record.scenario)}", pad=16, fontsize=10)
+    return fig
 
 
-def matrix_heatmap(ax: plt.Axes, results: Mapping[str, Any], title: str | None = None) -> None:
-    """Draw the accuracy matrix into `ax`, one cell per (trained task, tested task)."""
-    r = np.array(results["acc_matrix"], dtype=float)
-    names = results["tasks"]
+def matrix_heatmap(ax: Axes, matrix: Sequence[Sequence[float]], names: Sequence[str], title: str | None = None
+                   ) -> Any:
+    """Draw an accuracy matrix into `ax`, one cell per (trained task, tested task); returns the image."""
+    r = np.array(matrix, dtype=float)
     im = ax.imshow(r, vmin=0, vmax=100, cmap="viridis")
     for i in range(r.shape[0]):
         for j in range(r.shape[1]):
@@ -68,25 +88,29 @@ def matrix_heatmap(ax: plt.Axes, results: Mapping[str, Any], title: str | None =
     return im
 
 
-def accuracy_matrix(results: Mapping[str, Any], path: str | Path) -> Path:
-    """The accuracy matrix as a heatmap."""
-    fig, ax = plt.subplots(figsize=(1.2 * len(results["tasks"]) + 2.5, 1.0 * len(results["tasks"]) + 2))
-    im = matrix_heatmap(ax, results, title=results.get("title", "accuracy matrix (%)"))
-    fig.colorbar(im, ax=ax, label="test accuracy (%)")
-    return _save(fig, path)
+def accuracy_matrices(record: RunRecord) -> Figure:
+    """The run's accuracy matrix beside the task-aware one (one panel in the task scenario, where they agree)."""
+    panels = [(record.acc_matrix, f"tested {protocol(record.scenario)}")]
+    if record.scenario != "task":
+        panels.append((record.acc_matrix_task_aware, "task-aware (tested with the task id)"))
+    t = len(record.tasks)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=((1.2 * t + 2.5) * len(panels), 1.0 * t + 2), squeeze=False)
+    for ax, (matrix, title) in zip(axes.flat, panels, strict=True):
+        im = matrix_heatmap(ax, matrix, record.tasks, title=title)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="test accuracy (%)")
+    return fig
 
 
-def weight_histograms(results: Mapping[str, Any], path: str | Path) -> Path:
+def weight_histograms(record: RunRecord) -> Figure:
     """Hidden-weight distribution of each layer at the end of each task."""
-    hists = results["histograms"]
+    hists = record.histograms
     names = list(hists)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         for h in hists[name]:
-            edges = np.array(h["edges"])
-            ax.stairs(h["counts"], edges, label=f"after task {h['task'] + 1}")
+            ax.stairs(h["counts"], np.array(h["edges"]), label=f"after task {h['task'] + 1}")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("hidden weight $W_h$")
         ax.set_ylabel("count")
@@ -96,15 +120,14 @@ def weight_histograms(results: Mapping[str, Any], path: str | Path) -> Path:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("hidden-weight distributions per layer")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def run_figures(results: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """All figures of one run, as PNG files in `out_dir`."""
-    out = Path(out_dir)
-    paths = [accuracy_curves(results, out / "accuracy_curves.png")]
-    if results["acc_matrix"]:
-        paths.append(accuracy_matrix(results, out / "accuracy_matrix.png"))
-    if results["histograms"]:
-        paths.append(weight_histograms(results, out / "weight_histograms.png"))
-    return paths
+def run_figures(record: RunRecord) -> dict[str, Figure]:
+    """Every figure of one run, by file stem."""
+    figures = {"accuracy_curves": accuracy_curves(record)}
+    if record.acc_matrix:
+        figures["accuracy_matrix"] = accuracy_matrices(record)
+    if record.histograms:
+        figures["weight_histograms"] = weight_histograms(record)
+    return figures

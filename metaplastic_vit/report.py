@@ -1,8 +1,10 @@
 """Comparison reports across runs: `python -m metaplastic_vit.report <dir> [<dir> ...]`.
 
-Reads every results.json under the given output or multirun directories, groups completed runs by
-net and meta (mean and spread over seeds), and writes a table, plots, report.md and a self-contained
-report.html into a `report/` folder. `--wandb ENTITY/PROJECT` also builds a W&B Report.
+Reads every results.json under the given directories (each run once, however it is reached), groups the
+completed runs by every scientific config key that differs between them except the seed, and writes a
+table (mean and 95% confidence interval over seeds), plots, report.md and a self-contained report.html into
+a `report/` folder. Runs that did not complete or whose results are malformed are skipped and listed.
+`--wandb ENTITY/PROJECT` also builds a W&B Report.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import argparse
 import base64
 import html
 import json
+import math
 import statistics
 import sys
-from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,203 +25,339 @@ import numpy as np
 
 from . import plots
 from .errors import UserError
-from .plots import plt
+from .record import NON_SCIENTIFIC, RESULTS, MalformedRecordError, RunRecord, read_record
 
-COLUMNS = [("avg_acc", "ACC (%)"), ("bwt", "BWT"), ("forgetting", "forgetting"), ("first_task", "task 1 final (%)"),
-           ("train_time_s", "train time (s)")]
+IGNORED = (*NON_SCIENTIFIC, "seed")
+# Config keys implied by others (interpolated copies).
+DERIVED = ("optimizer.lr", "optimizer.weight_decay", "optimizer.meta", "net.img_size", "net.patch_size",
+           "net.embed_dim", "net.depth", "net.num_heads", "net.mlp_ratio", "net.qkv_bias")
+
+METRICS: list[tuple[str, str]] = [
+    ("avg_acc", "ACC"),
+    ("avg_acc_task_aware", "ACC task-aware"),
+    ("first_task", "task 1 final"),
+    ("newest_task", "newest task final"),
+    ("bwt", "BWT"),
+    ("forgetting", "forgetting"),
+    ("val_avg_acc", "validation ACC"),
+]
+ATTENUATED_BELOW = 0.5
 
 
-def load_runs(dirs: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    """Completed runs under `dirs`, and (path, status) of the runs skipped because they did not complete."""
-    runs, skipped = [], []
+@dataclass
+class Run:
+    """One completed run: where it lives, its record and its scientific config (flat, without the seed)."""
+
+    path: Path
+    record: RunRecord
+    science: dict[str, str]
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed: the values of the varying keys, and each metric's statistics."""
+
+    key: tuple[str, ...]
+    runs: list[Run]
+    stats: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # mean, 95% half-width
+    consolidated: list[float | None] = field(default_factory=list)  # per task end, mean over runs
+
+    @property
+    def seeds(self) -> list[int]:  # noqa: D102
+        return sorted({r.record.seed for r in self.runs})
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return out
+
+
+def science_of(record: RunRecord) -> dict[str, str]:
+    """The run's config keys that change its numbers, flat, without the seed; the test batch size only where
+    BatchNorm's test statistics are transductive."""
+    flat = _flat(record.config)
+    transductive = flat.get("net.transductive_bn") == "True"
+    ignored = [i for i in IGNORED if not (i == "data.eval_batch_size" and transductive)]
+    return {k: v for k, v in flat.items()
+            if not any(k == i or k.startswith(f"{i}.") for i in ignored) and k not in DERIVED}
+
+
+def load_runs(dirs: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Completed runs under `dirs` (each results.json once), and (path, why) of every run skipped."""
+    runs, skipped, seen = [], [], set()
     for d in dirs:
         if not Path(d).exists():
             raise UserError(f"no such directory: {d}")
-        for path in sorted(Path(d).rglob("results.json")):
+        for path in sorted(Path(d).rglob(RESULTS)):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
             try:
-                res = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                skipped.append((path, f"unreadable ({exc})"))
+                record = read_record(path)
+            except (OSError, MalformedRecordError) as exc:
+                skipped.append((path, f"unreadable: {exc}"))
                 continue
-            if res.get("status") != "completed":
-                skipped.append((path, str(res.get("status"))))
+            if record.status != "completed" or not record.complete:
+                skipped.append((path, record.status))
                 continue
-            res["path"] = str(path.parent)
-            runs.append(res)
+            runs.append(Run(path.parent, record, science_of(record)))
     if not runs:
         where = ", ".join(map(str, dirs))
-        raise UserError(f"no completed results.json under {where}" + (f" ({len(skipped)} not completed)"
-                                                                          if skipped else ""))
+        raise UserError(f"no completed results.json under {where}" + (f" ({len(skipped)} skipped)" if skipped else ""))
     return runs, skipped
 
 
-def _meta_key(meta: Any) -> str:
-    return json.dumps(meta) if isinstance(meta, list) else f"{meta:g}"
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """Scientific keys whose values differ between the runs that have them, net and meta first (a setting of
+    one strategy only, such as EWC's strength, is a column only when it differs between that strategy's runs)."""
+    keys = sorted({k for r in runs for k in r.science})
+    varying = [k for k in keys if len({r.science[k] for r in runs if k in r.science}) > 1]
+    first = [k for k in ("net.name", "meta", "strategy._target_") if k in varying]
+    return first + [k for k in varying if k not in first]
 
 
-def _meta_order(key: str) -> tuple[int, float, str]:
+def _order(value: str | None) -> tuple[int, float, str]:
     try:
-        return (0, float(key), key)
-    except ValueError:
-        return (1, 0.0, key)
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
-def group_runs(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Runs keyed by (net, meta), in net order then ascending meta."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        groups[(r["net"], _meta_key(r["meta"]))].append(r)
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], _meta_order(kv[0][1]))))
+def t_quantile(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (a 95% two-sided interval)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
-def _value(run: dict[str, Any], key: str) -> float | None:
+def mean_interval(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and the half-width of its 95% confidence interval (Student t; None for a single value)."""
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _metric(record: RunRecord, key: str) -> float | None:
     if key == "first_task":
-        return run["acc_matrix"][-1][0]
-    return run.get(key)
+        return record.acc_matrix[-1][0]
+    if key == "newest_task":
+        return record.acc_matrix[-1][-1]
+    return getattr(record, key)
 
 
-def summarize(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per (net, meta): seeds and tasks, then mean and standard deviation of each column."""
-    rows = []
-    for (net, meta), runs in groups.items():
-        row: dict[str, Any] = {"net": net, "meta": meta, "seeds": len(runs),
-                               "tasks": " ".join(runs[0]["tasks"]), "runs": [r["path"] for r in runs]}
-        for key, _ in COLUMNS:
-            values = [v for r in runs if (v := _value(r, key)) is not None]
-            row[key] = statistics.fmean(values) if values else None
-            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
-        rows.append(row)
-    return rows
+def _consolidated(record: RunRecord) -> list[float | None]:
+    """The model-wide consolidated share (f_meta < 0.5) at each task's last epoch."""
+    ends = [e for e in record.epochs if e.histograms is not None]
+    return [e.attenuated for e in ends]
 
 
-def _cell(row: dict[str, Any], key: str) -> str:
-    if row[key] is None:
+def group_runs(runs: Sequence[Run]) -> tuple[list[str], list[Group]]:
+    """The varying keys and the groups of runs equal in every other scientific key, in a stable order."""
+    keys = varying_keys(runs)
+    by_key: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(tuple(run.science.get(k, "-") for k in keys), []).append(run)
+    groups = []
+    for key in sorted(by_key, key=lambda k: [_order(v) for v in k]):
+        members = by_key[key]
+        group = Group(key, members)
+        for metric, _ in METRICS:
+            group.stats[metric] = mean_interval([v for r in members if (v := _metric(r.record, metric)) is not None])
+        shares = [_consolidated(r.record) for r in members]
+        group.consolidated = [None if any(s[t] is None for s in shares) else statistics.fmean(s[t] for s in shares)
+                              for t in range(min(len(s) for s in shares))]
+        groups.append(group)
+    return keys, groups
+
+
+def _cell(stat: tuple[float | None, float | None]) -> str:
+    mean, half = stat
+    if mean is None:
         return "n/a"
-    std = row[f"{key}_std"]
-    return f"{row[key]:.2f}" + (f" ± {std:.2f}" if row["seeds"] > 1 else "")
+    return f"{mean:.1f}" + (f" ± {half:.1f}" if half is not None else "")
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table."""
-    head = "| net | meta | seeds | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
-    for row in rows:
-        lines.append(f"| {row['net']} | {row['meta']} | {row['seeds']} | "
-                     + " | ".join(_cell(row, key) for key, _ in COLUMNS) + " |")
+def _share(values: list[float | None]) -> str:
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in values) or "–"
+
+
+def _label(key: str) -> str:
+    return {"net.name": "net", "strategy._target_": "strategy"}.get(key, key)
+
+
+def _value(key: str, value: str) -> str:
+    return value.rsplit(".", 1)[-1] if key == "strategy._target_" else value
+
+
+def table_rows(keys: list[str], groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table."""
+    head = [*(_label(k) for k in keys), "runs", "seeds", *(title for _, title in METRICS),
+            "consolidated at task ends"]
+    rows = [[*(_value(k, v) for k, v in zip(keys, g.key, strict=True)), str(len(g.runs)), str(len(g.seeds)),
+             *(_cell(g.stats[m]) for m, _ in METRICS), _share(g.consolidated)] for g in groups]
+    return head, rows
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def acc_vs_meta(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Final ACC against meta, one line per net (error bars: standard deviation over seeds)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k, net in enumerate(dict.fromkeys(r["net"] for r in rows)):
-        pts = [r for r in rows if r["net"] == net and _meta_order(r["meta"])[0] == 0]
-        if not pts:
-            continue
-        xs = [float(r["meta"]) for r in pts]
-        color = f"C{k}"
-        ax.errorbar(xs, [r["avg_acc"] for r in pts], yerr=[r["avg_acc_std"] for r in pts], marker="o", capsize=3,
-                    color=color, label=f"{net}: ACC (all tasks)")
-        ax.errorbar(xs, [r["first_task"] for r in pts], yerr=[r["first_task_std"] for r in pts], marker="s",
-                    capsize=3, linestyle=":", color=color, label=f"{net}: task 1")
+def notes_for(runs: list[Run], keys: list[str], groups: list[Group]) -> list[str]:
+    """Plain-words notes: what was tested how, single seeds, and meta values that consolidated nothing."""
+    scenarios = sorted({r.record.scenario for r in runs})
+    notes = [f"{len(runs)} completed runs in {len(groups)} groups (runs equal in every scientific setting but the "
+             f"seed). Values: mean ± half-width of the 95% confidence interval over seeds (Student t); a value "
+             f"without an interval comes from a single run.",
+             f"ACC, task 1 final, newest task final, BWT and forgetting are tested as each run's scenario says "
+             f"({', '.join(scenarios)}: {'; '.join(plots.protocol(s) for s in scenarios)}); ACC task-aware tests "
+             "every task with its identity (per-task state restored, outputs masked). Choose settings on the "
+             "validation ACC, never on the test columns."]
+    if any(len(g.seeds) < 3 for g in groups):
+        notes.append("Groups with fewer than 3 seeds: " + ", ".join(
+            "/".join(_value(k, v) for k, v in zip(keys, g.key, strict=True)) or "all"
+            for g in groups if len(g.seeds) < 3) + ".")
+    for g in groups:
+        meta = g.runs[0].record.meta
+        shares = [s for s in g.consolidated if s is not None]
+        if meta and shares and max(shares) == 0:
+            label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "these runs"
+            notes.append(f"meta {meta} had no measurable effect on this budget ({label}): no hidden weight reached "
+                         f"f < {ATTENUATED_BELOW} at any task end.")
+    return notes
+
+
+def _series_key(keys: list[str], group: Group) -> str:
+    return ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, group.key, strict=True) if k != "meta")
+
+
+def acc_vs_meta(keys: list[str], groups: list[Group], path: Path) -> Path | None:
+    """Final ACC and task-1 accuracy against meta, one colour per other setting (95% intervals)."""
+    if "meta" not in keys:
+        return None
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[Group]] = {}
+    for g in groups:
+        if _order(g.key[keys.index("meta")])[0] == 0:
+            series.setdefault(_series_key(keys, g), []).append(g)
+    for k, (name, members) in enumerate(series.items()):
+        xs = [float(g.key[keys.index("meta")]) for g in members]
+        for metric, style, what in (("avg_acc", "-o", "ACC"), ("first_task", ":s", "task 1")):
+            ys = [g.stats[metric][0] for g in members]
+            err = [g.stats[metric][1] or 0.0 for g in members]
+            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, color=f"C{k}", label=f"{name or 'all'}: {what}")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("meta (symlog scale)")
-    ax.set_ylabel("accuracy after the last task (%)")
+    ax.set_ylabel("test accuracy after the last task (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("final accuracy against the metaplastic coefficient")
-    return plots._save(fig, path)
+    ax.legend(fontsize=7)
+    ax.set_title("final accuracy against the metaplastic coefficient (95% intervals)", fontsize=10)
+    return plots.save(fig, path)
 
 
-def task1_curves(groups: dict[tuple[str, str], list[dict[str, Any]]], path: Path) -> Path:
-    """Accuracy on task 1 through the whole run, one line per meta, one panel per net (mean over seeds)."""
-    nets = list(dict.fromkeys(net for net, _ in groups))
-    cols = min(3, len(nets))
-    rows = -(-len(nets) // cols)
+def task1_curves(keys: list[str], groups: list[Group], path: Path) -> Path:
+    """Test accuracy on task 1 through the whole run (mean over seeds), one panel per setting other than meta."""
+    plt = plots.pyplot()
+    panels: dict[str, list[Group]] = {}
+    for g in groups:
+        panels.setdefault(_series_key(keys, g), []).append(g)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
-    for ax in list(axes.flat)[len(nets):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    for ax, net in zip(axes.flat, nets, strict=False):
-        records = None
-        for (n, meta), runs in groups.items():
-            if n != net:
-                continue
-            length = min(len(r["epochs"]) for r in runs)
-            curve = np.mean([[e["test_acc"][0] for e in r["epochs"][:length]] for r in runs], axis=0)
-            ax.plot(np.arange(1, length + 1), curve, label=f"meta {meta}", linewidth=1.5)
-            records = runs[0]["epochs"][:length]
-        plots._task_boundaries(ax, records)
+    for ax, (name, members) in zip(axes.flat, panels.items(), strict=False):
+        epochs = None
+        for g in members:
+            length = min(len(r.record.epochs) for r in g.runs)
+            curve = np.mean([[e.test_acc[0] for e in r.record.epochs[:length]] for r in g.runs], axis=0)
+            label = f"meta {g.key[keys.index('meta')]}" if "meta" in keys else "mean over seeds"
+            ax.plot(np.arange(1, length + 1), curve, label=label, linewidth=1.5)
+            epochs = g.runs[0].record.epochs[:length]
+        plots.task_boundaries(ax, epochs)
         ax.set_xlabel("epoch (all tasks, in training order)")
         ax.set_ylabel("test accuracy on task 1 (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-        ax.set_title(f"{net}: does task 1 survive the later tasks?", pad=16)
+        ax.set_title(f"{name or 'all runs'}: does task 1 survive?", pad=16, fontsize=10)
     fig.tight_layout()
-    return plots._save(fig, path)
+    return plots.save(fig, path)
 
 
-def matrix_grid(groups: dict[tuple[str, str], list[dict[str, Any]]], path: Path) -> Path:
-    """Accuracy-matrix heatmaps (mean over seeds), one per (net, meta)."""
-    items = list(groups.items())
-    cols = min(4, len(items))
-    rows = -(-len(items) // cols)
-    n_tasks = len(items[0][1][0]["tasks"])
-    size = 0.7 * n_tasks + 2
+def matrix_grid(keys: list[str], groups: list[Group], path: Path) -> Path:
+    """Accuracy matrices (mean over seeds, each run's own protocol), one per group."""
+    plt = plots.pyplot()
+    cols = min(4, len(groups))
+    rows = -(-len(groups) // cols)
+    size = 0.7 * max(len(g.runs[0].record.tasks) for g in groups) + 2.2
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    for k, (ax, ((net, meta), runs)) in enumerate(zip(axes.flat, items, strict=False)):
-        mean = np.mean([r["acc_matrix"] for r in runs], axis=0).tolist()
-        im = plots.matrix_heatmap(ax, {"acc_matrix": mean, "tasks": runs[0]["tasks"]}, title=f"{net}, meta {meta}")
-        if k % cols:
-            ax.set_ylabel("")
-            ax.set_yticklabels([])
-        if k < len(items) - cols:
-            ax.set_xlabel("")
-    for ax in list(axes.flat)[len(items):]:
+    for ax, g in zip(axes.flat, groups, strict=False):
+        record = g.runs[0].record
+        mean = np.mean([r.record.acc_matrix for r in g.runs], axis=0).tolist()
+        title = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "all runs"
+        im = plots.matrix_heatmap(ax, mean, record.tasks, title=f"{title}\n({record.scenario} scenario)")
+    for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="test accuracy (%)", shrink=0.8)
-    return plots._save(fig, path)
+    return plots.save(fig, path)
 
 
-def _html(title: str, rows: list[dict[str, Any]], figures: list[Path], notes: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in ["net", "meta", "seeds", *(t for _, t in COLUMNS)])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in
-                                    [r["net"], r["meta"], r["seeds"], *(_cell(r, k) for k, _ in COLUMNS)]) + "</tr>"
-                   for r in rows)
+def _html(title: str, head: list[str], rows: list[list[str]], figures: list[Path], notes: list[str]) -> str:
+    th = "".join(f"<th>{html.escape(t)}</th>" for t in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     imgs = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
                    f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
                    for p in figures)
     note = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{note}"
-            f"<table><tr>{head}</tr>{body}</table>{imgs}</body></html>")
+            f"<table><tr>{th}</tr>{body}</table>{imgs}</body></html>")
 
 
 def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """Write the table, plots, report.md and report.html into `out`; returns what was written."""
+    """Write the table, plots, report.md, report.html and summary.json into `out`; returns what was written."""
     runs, skipped = load_runs(dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
-    rows = summarize(groups)
-    figures = [acc_vs_meta(rows, out / "acc_vs_meta.png"), task1_curves(groups, out / "task1_accuracy.png"),
-               matrix_grid(groups, out / "acc_matrices.png")]
-    notes = [f"{len(runs)} completed runs from {', '.join(map(str, dirs))}."]
+    keys, groups = group_runs(runs)
+    head, rows = table_rows(keys, groups)
+    figures = [p for p in (acc_vs_meta(keys, groups, out / "acc_vs_meta.png"),
+                           task1_curves(keys, groups, out / "task1_accuracy.png"),
+                           matrix_grid(keys, groups, out / "acc_matrices.png")) if p is not None]
+    notes = notes_for(runs, keys, groups)
     if skipped:
-        notes.append(f"Skipped {len(skipped)} runs that did not complete: "
-                     + ", ".join(f"{p.parent.name} ({s})" for p, s in skipped))
-    table = markdown_table(rows)
-    md = ["# metaplastic-vit comparison report", "", *notes, "", table, "",
-          "ACC: mean accuracy over all tasks after the last task; BWT: mean change of earlier tasks since they "
-          "were learned; forgetting: mean drop from each earlier task's best; spreads are standard deviations "
-          "over seeds.", "", *(f"![{p.stem}]({p.name})" for p in figures), ""]
+        notes.append(f"Skipped {len(skipped)} runs: " + ", ".join(f"{p.parent.name} ({s})" for p, s in skipped))
+    table = markdown_table(head, rows)
+    title = "metaplastic-vit comparison report"
+    md = [f"# {title}", "", f"Runs from {', '.join(map(str, dirs))}.", "", *notes, "", table, "",
+          "Forgetting: mean over the earlier tasks of the best accuracy the task had before the last task "
+          "(from the row where it was learned on) minus its final accuracy. BWT: mean final minus just-learned "
+          "accuracy of the earlier tasks. Consolidated: share of metaplastic hidden weights with "
+          f"f_meta < {ATTENUATED_BELOW} at each task's end.", "", *(f"![{p.stem}]({p.name})" for p in figures), ""]
     (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html("metaplastic-vit comparison report", rows, figures, notes))
-    (out / "summary.json").write_text(json.dumps(rows, indent=2))
-    return {"rows": rows, "skipped": skipped, "figures": figures, "table": table, "out": out}
+    (out / "report.html").write_text(_html(title, head, rows, figures, notes))
+    summary = [{"key": dict(zip(keys, g.key, strict=True)), "runs": [str(r.path) for r in g.runs], "seeds": g.seeds,
+                **{m: {"mean": g.stats[m][0], "ci95": g.stats[m][1]} for m, _ in METRICS},
+                "consolidated": g.consolidated} for g in groups]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"keys": keys, "groups": groups, "skipped": skipped, "figures": figures, "table": table, "out": out}
 
 
 def wandb_report(entity: str, project: str, group: str | None = None, nets: Sequence[str] = ()) -> Any:
@@ -237,11 +376,14 @@ def wandb_report(entity: str, project: str, group: str | None = None, nets: Sequ
     runset = wr.Runset(entity=entity, project=project, name="runs by meta", filters=filters,
                        groupby=["config.meta"])
     panels = [
-        wr.LinePlot(title="mean accuracy over the tasks seen so far", x="Step", y=["test/mean_seen_acc"],
+        wr.LinePlot(title="mean test accuracy over the tasks seen so far (run's scenario)", x="Step",
+                    y=["test/mean_seen_acc"], groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
+        wr.LinePlot(title="test accuracy on task 1 (run's scenario)", x="Step", y=["test/acc_task0"],
                     groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
-        wr.LinePlot(title="accuracy on task 1 (forgetting)", x="Step", y=["test/acc_task0"],
+        wr.LinePlot(title="validation accuracy on task 1 (choose meta on this)", x="Step", y=["val/acc_task0"],
                     groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
-        wr.BarPlot(title="ACC after the last task", metrics=[wr.SummaryMetric("avg_acc")]),
+        wr.BarPlot(title="ACC after the last task", metrics=[wr.SummaryMetric("avg_acc"),
+                                                             wr.SummaryMetric("avg_acc_task_aware")]),
         wr.RunComparer(diff_only="split"),
     ]
     return wr.Report(project=project, entity=entity, title="metaplastic-vit: metaplasticity sweep",
@@ -253,7 +395,7 @@ def wandb_report(entity: str, project: str, group: str | None = None, nets: Sequ
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: report on the runs under the given directories."""
     parser = argparse.ArgumentParser(prog="metaplastic-vit-report", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", help="output or multirun directories holding results.json files")
+    parser.add_argument("dirs", nargs="+", help="output, multirun or search directories holding results.json files")
     parser.add_argument("--out", help="where to write the report (default: <first dir>/report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also publish a W&B Report there")
     parser.add_argument("--group", help="with --wandb: only runs of this W&B group (a sweep)")
@@ -264,14 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.wandb.count("/") != 1:
                 raise UserError(f"--wandb takes ENTITY/PROJECT, got {args.wandb!r}")
             entity, project = args.wandb.split("/")
-            report = wandb_report(entity, project, args.group, sorted({r["net"] for r in done["rows"]}))
-            print(f"W&B report: {report.save().url}")
+            nets = sorted({r.record.net for g in done["groups"] for r in g.runs})
+            print(f"W&B report: {wandb_report(entity, project, args.group, nets).save().url}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(done["table"])
     for path, status in done["skipped"]:
-        print(f"skipped {path} (status: {status})")
+        print(f"skipped {path} ({status})")
     print(f"report written to {done['out']}/report.md and report.html")
     return 0
 

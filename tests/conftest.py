@@ -5,11 +5,38 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from metaplastic_vit.config import register
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 # A tiny experiment on the embedded digits: seconds, not minutes.
 TINY = ["epochs_per_task=2", "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1",
-        "batch_size=200", "logger.plots=false", "threads=1"]
+        "batch_size=200", "logger.files.plots=false", "logger.console.progress=none", "threads=1"]
+
+register()
+
+
+def config(*overrides):
+    """The composed config, as `python run.py OVERRIDES` would see it (in this process)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run(run_dir, *overrides):
+    """Run one experiment in this process; returns its RunRecord."""
+    from metaplastic_vit.experiment import run_experiment
+
+    return run_experiment(config(*overrides), run_dir)
+
+
+def tiny(*overrides):
+    """TINY with `overrides` replacing the keys they name."""
+    keys = {o.lstrip("+").split("=")[0] for o in overrides}
+    return [*(t for t in TINY if t.split("=")[0] not in keys), *overrides]
 
 
 def run_cli(args, out_dir, env=None, timeout=300, check=False):

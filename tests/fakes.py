@@ -33,7 +33,7 @@ class Fake:
 
 def _labels(rng: np.random.Generator, n: int, n_classes: int) -> np.ndarray:
     """Seeded labels covering every class (when n >= n_classes)."""
-    return rng.permutation(np.arange(n) % n_classes).astype(np.int64)
+    return rng.permutation(np.arange(n) % n_classes).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -46,12 +46,12 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
 
 
 def write_fake_mnist(root: Path, kind: str = "MNIST", n_train: int = 30, n_test: int = 20, gz: bool = False,
-                     seed: int = 0) -> Fake:
-    """root/<kind>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] with 28x28 images."""
+                     seed: int = 0, classes: int = 10) -> Fake:
+    """root/<kind>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] with 28x28 images of `classes` labels."""
     rng = np.random.default_rng(seed)
     raw = Path(root) / kind / "raw"
-    fake = Fake(rng.integers(0, 256, (n_train, 1, 28, 28), dtype=np.uint8), _labels(rng, n_train, 10),
-                rng.integers(0, 256, (n_test, 1, 28, 28), dtype=np.uint8), _labels(rng, n_test, 10),
+    fake = Fake(rng.integers(0, 256, (n_train, 1, 28, 28), dtype=np.uint8), _labels(rng, n_train, classes),
+                rng.integers(0, 256, (n_test, 1, 28, 28), dtype=np.uint8), _labels(rng, n_test, classes),
                 FMNIST_CLASSES if kind == "FashionMNIST" else tuple(str(d) for d in range(10)))
     for prefix, x, y in (("train", fake.train_x, fake.train_y), ("t10k", fake.test_x, fake.test_y)):
         fake.files[f"{prefix}_images"] = write_idx(raw / f"{prefix}-images-idx3-ubyte", x[:, 0], gz)

@@ -4,11 +4,11 @@ import torch.nn.functional as F
 
 from metaplastic_vit.binarize import BinaryLinear
 from metaplastic_vit.errors import UserError
-from metaplastic_vit.models import MODELS, TaskLocalState, create_model
+from metaplastic_vit.models import MODELS, create_model
 
 TINY = dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=32, depth=2, num_heads=4)
 
-# ALGORITHM.md section 4: (input binarized?, weight binarized?) per layer of each ViT variant.
+# The seed's variants: (input binarized?, weight binarized?) per layer.
 LAYER_MAP = {
     "vit": {"attn.qkv": (False, False), "attn.proj": (False, False), "mlp.fc1": (False, False),
             "mlp.fc2": (False, False), "head": (False, False)},
@@ -94,12 +94,14 @@ def test_new_variant_from_patterns_only():
 
 
 def test_unknown_net_and_bad_sizes_are_clear_errors():
-    with pytest.raises(UserError, match="unknown net 'cnn'; choose one of vit, bvit, hybrid, bnn, dnn"):
-        create_model("cnn")
+    with pytest.raises(UserError, match="unknown net 'cnn'; choose one of vit, bvit, hybrid, bvit_ln"):
+        create_model("cnn", **TINY)
     with pytest.raises(UserError, match="patch_size 3 does not divide img_size 8"):
         create_model("vit", **{**TINY, "patch_size": 3})
+    with pytest.raises(UserError, match="arch.num_heads must be >= 1, got 0"):
+        create_model("vit", **{**TINY, "num_heads": 0})
     with pytest.raises(UserError, match="unknown arch keys \\['embed_dim'\\] for net 'bnn'"):
-        create_model("bnn", embed_dim=3)
+        create_model("bnn", img_size=8, in_chans=1, num_classes=10, embed_dim=3)
 
 
 def test_mlp_nets():
@@ -117,21 +119,26 @@ def test_mlp_nets():
     h = F.batch_norm(F.linear(h.sign(), bnn.fc3.weight.sign()) + bnn.fc3.bias, None, None,
                      bnn.bn3.weight, bnn.bn3.bias, training=True)
     torch.testing.assert_close(bnn(x), h)
-    assert set(MODELS) >= {"vit", "bvit", "hybrid", "bnn", "dnn"}
+    # at test, BatchNorm uses running statistics: a sample's output does not depend on its batch
+    bnn.eval()
+    torch.testing.assert_close(bnn(x[:1]), bnn(x)[:1])
+    transductive = create_model("bnn", img_size=8, in_chans=1, num_classes=10, hidden=[16, 16],
+                                transductive_bn=True).eval()
+    assert not torch.allclose(transductive(x[:2]), transductive(x)[:2])
 
 
-def test_task_local_state_round_trip():
-    model = create_model("bnn", img_size=8, in_chans=1, num_classes=10, hidden=[16])
-    bank = TaskLocalState(model, ["bn*"])
-    assert set(bank.modules) == {"bn1", "bn2"}
-    bank.save_task(0)
-    with torch.no_grad():
-        model.bn1.weight.add_(1.0)
-    changed = bank.snapshot()
-    weight = model.bn1.weight
-    bank.load(bank.saved[0])
-    assert model.bn1.weight is weight and torch.equal(model.bn1.weight, torch.ones(16))
-    bank.load(changed)
-    assert torch.equal(model.bn1.weight, torch.full((16,), 2.0))
-    with pytest.raises(UserError, match="match no module"):
-        TaskLocalState(model, ["ln*"])
+def test_every_config_net_is_in_the_registry_and_builds():
+    from pathlib import Path
+
+    names = {p.stem for p in (Path(__file__).parents[1] / "conf" / "net").glob("*.yaml")}
+    assert names == set(MODELS)
+    for name, spec in MODELS.items():
+        kw = TINY if spec.family == "vit" else dict(img_size=8, in_chans=1, num_classes=10, hidden=[16])
+        model = create_model(name, **kw)
+        assert model.net_spec == spec and model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_policy_overrides_replace_the_registry_entry():
+    model = create_model("bvit", per_task=["norm"], binary_scale="mean_abs", **TINY)
+    assert model.net_spec.per_task == ("norm",) and model.head.scale == "mean_abs"
+    assert model.net_spec.binary_weights == MODELS["bvit"].binary_weights

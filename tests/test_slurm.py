@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slurm
 SLURM_ENV = {"METAPLASTIC_SLURM_GPUS": "0", "METAPLASTIC_SLURM_CPUS": "1", "METAPLASTIC_SLURM_MEM_GB": "1",
              "METAPLASTIC_SLURM_TIMEOUT_MIN": "10"}
 # long enough (~10 s) to be signalled mid-run
-RUN = ["net=bvit", "meta=1.35", "epochs_per_task=8", "task_sequence=[pdigits,pdigits]", "logger.plots=false"]
+RUN = ["net=bvit", "meta=1.35", "epochs_per_task=8", "task_sequence=[pdigits,pdigits]", "logger.files.plots=false"]
 
 
 def _cluster_up() -> str | None:
@@ -50,7 +50,7 @@ def _job_logs(out: Path) -> str:
 def test_two_job_sweep_runs_as_slurm_jobs(tmp_path):
     start = time.monotonic()
     proc = run_cli(["-m", "hydra/launcher=slurm", "net=bvit", "meta=0,1.35", "epochs_per_task=2",
-                    "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1", "logger.plots=false"],
+                    "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1", "logger.files.plots=false"],
                    tmp_path, env=SLURM_ENV, check=True)
     elapsed = time.monotonic() - start
     results = sorted(tmp_path.glob("multirun/*/*/results.json"))

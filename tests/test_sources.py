@@ -75,13 +75,16 @@ def test_digits_fixed_stratified_split(tmp_path):
     from sklearn.datasets import load_digits
 
     data = load_dataset("digits", tmp_path / "unused")
-    assert data.train_x.shape == (1437, 1, 8, 8) and data.test_x.shape == (360, 1, 8, 8)
+    assert data.train_x.shape == (1438, 1, 8, 8) and data.test_x.shape == (359, 1, 8, 8)
     assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
     assert int(data.train_x.max()) == 255 and int(data.train_x.min()) == 0
     assert data.classes == tuple(str(d) for d in range(10))
     totals = np.bincount(load_digits().target, minlength=10)
     test_counts = np.bincount(data.test_y.numpy(), minlength=10)
     assert np.all(np.abs(test_counts - 0.2 * totals) < 1)  # stratified
+    every = np.concatenate([data.train_x.flatten(1).numpy(), data.test_x.flatten(1).numpy()])
+    reference = np.rint(load_digits().data * (255 / 16)).astype(np.uint8)
+    assert sorted(map(bytes, every)) == sorted(map(bytes, reference))  # scikit-learn's images, each once
     assert load_dataset("digits", tmp_path / "elsewhere") is data  # fixed split, no root needed
     assert not (tmp_path / "unused").exists()  # nothing cached on disk
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from metaplastic_vit.data import build_tasks, parse_task_sequence
-from metaplastic_vit.data.tasks import label_space, resolve_scenario
+from metaplastic_vit.data.tasks import resolve_scenario, task_outputs
 from metaplastic_vit.errors import UserError
 
 
@@ -49,26 +49,28 @@ def test_scenarios_and_label_spaces():
     assert resolve_scenario(split, "auto") == "class"
     with pytest.raises(UserError, match="set data.scenario"):
         resolve_scenario(perm + split, "auto")
-    assert label_space(split, "class").num_classes == 10
-    assert label_space(split, "domain").num_classes == 2
-    assert label_space(split, "domain").outputs(split[3], "domain").tolist() == [0, 1]
+    assert task_outputs(split, "class")[0] == 10
+    assert task_outputs(split, "domain") == (2, [[0, 1]] * 5)
+    assert task_outputs(split, "class")[1][3] == [6, 7]
     both = parse_task_sequence(["mnist", "fmnist"])
-    space = label_space(both, "class")
-    assert space.num_classes == 20 and space.outputs(both[1], "class").tolist() == list(range(10, 20))
+    assert task_outputs(both, "class") == (20, [list(range(10)), list(range(10, 20))])
+    # permuted tasks of one dataset: a block of outputs each in the class and task scenarios
+    assert task_outputs(perm, "task") == (20, [list(range(10)), list(range(10, 20))])
+    assert task_outputs(perm, "domain") == (10, [list(range(10))] * 2)
 
 
-def _build(tokens, scenario="auto", img_size=None, **kw):
+def _build(tokens, scenario="auto", img_size=None, val_fraction=0.0, **kw):
     return build_tasks(parse_task_sequence(tokens, **kw), "unused", None, False, scenario, img_size,
-                       torch.device("cpu"))
+                       torch.device("cpu"), val_fraction=val_fraction)
 
 
 def test_build_permuted_digits():
     data = _build(["pdigits", "pdigits"])
     a, b = data.tasks
-    assert data.scenario == "domain" and data.labels.num_classes == 10 and data.img_size == 8
-    assert len(a.train_idx) == 1437 and len(a.test_idx) == 360
-    xa, ya = next(a.batches("test", 360))
-    xb, yb = next(b.batches("test", 360))
+    assert data.scenario == "domain" and data.num_classes == 10 and data.img_size == 8
+    assert len(a.splits["train"]) == 1438 and len(a.splits["test"]) == 359 and len(a.splits["val"]) == 0
+    ba, bb = next(a.batches("test", 359)), next(b.batches("test", 359))
+    xa, ya, xb, yb = ba.x, ba.y, bb.x, bb.y
     assert torch.equal(ya, yb)
     assert not torch.allclose(xa, xb)
     # the same pixels, in another order
@@ -80,17 +82,43 @@ def test_build_class_split_and_task_masks():
     data = _build(["digits-5"])
     t3 = data.tasks[3]
     assert t3.outputs.tolist() == [6, 7]
-    assert set(t3.train_targets.tolist()) == {6, 7}
+    assert set(t3.splits["train"].targets.tolist()) == {6, 7}
     dom = _build(["digits-5"], scenario="domain")
-    assert set(dom.tasks[3].train_targets.tolist()) == {0, 1} and dom.labels.num_classes == 2
+    assert set(dom.tasks[3].splits["train"].targets.tolist()) == {0, 1} and dom.num_classes == 2
+    assert data.task_masks[3].nonzero().flatten().tolist() == [6, 7]
 
 
 def test_shuffled_batches_are_reproducible_and_resize_works():
     data = _build(["pdigits"], img_size=16)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    x1, y1 = next(data.tasks[0].batches("train", 50, g1))
-    x2, y2 = next(data.tasks[0].batches("train", 50, g2))
-    assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.shape == (50, 1, 16, 16)
+    b1 = next(data.tasks[0].batches("train", 50, g1))
+    b2 = next(data.tasks[0].batches("train", 50, g2))
+    assert torch.equal(b1.x, b2.x) and torch.equal(b1.y, b2.y) and b1.x.shape == (50, 1, 16, 16)
+
+
+def test_a_trailing_batch_of_one_joins_the_previous_batch():
+    from metaplastic_vit.data.loader import batch_bounds
+
+    assert batch_bounds(201, 100) == [(0, 100), (100, 201)]
+    assert batch_bounds(200, 100) == [(0, 100), (100, 200)]
+    assert batch_bounds(1, 100) == [(0, 1)]
+    data = _build(["pdigits"])
+    sizes = [len(b) for b in data.tasks[0].batches("test", 358)]
+    assert sizes == [359]
+
+
+def test_classes_missing_from_the_data_are_named(tmp_path):
+    from fakes import write_fake_mnist
+
+    from metaplastic_vit.errors import DataError
+
+    fake = write_fake_mnist(tmp_path, n_train=40, n_test=20)
+    assert set(fake.train_y.tolist()) == set(range(10))
+    write_fake_mnist(tmp_path / "half", n_train=40, n_test=20, classes=5)
+    with pytest.raises(DataError, match="task mnist-5:3: mnist under .* has no training samples of its classes "
+                                        "\\[6, 7\\]"):
+        build_tasks(parse_task_sequence(["mnist-5"]), str(tmp_path / "half"), None, False, "auto", None,
+                    torch.device("cpu"))
 
 
 def test_mixing_incompatible_inputs_is_an_error(tmp_path):

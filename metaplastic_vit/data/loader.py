@@ -1,7 +1,9 @@
 """In-memory task data: uint8 images stay on the device once, batches are made by indexing.
 
-Normalisation, pixel permutation and resizing run per batch on the device, so no per-item PIL work
-happens during training and a 64 px dataset is never stored at 224 px.
+Each task has three splits: `train`, `val` (a seeded, class-stratified part of the task's training set,
+held out from training, for choosing hyper-parameters) and `test` (the dataset's test set). Normalisation,
+pixel permutation and resizing run per batch on the device, so no per-item PIL work happens during
+training and a 64 px dataset is never stored at 224 px.
 """
 
 from __future__ import annotations
@@ -13,8 +15,24 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, UserError
-from .sources import ImageData, load_dataset
-from .tasks import LabelSpace, Task, dataset_classes, label_space, resolve_scenario
+from .sources import DATASETS, ImageData, load_dataset
+from .tasks import Scenario, Task, resolve_scenario, task_outputs
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Batch:
+    """Inputs and targets, with each sample's task (its position in the sequence) and its position in that
+    task's split (what a replay buffer keeps)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
 
 
 @dataclass
@@ -47,16 +65,35 @@ class DeviceImages:
 
 
 @dataclass
+class Split:
+    """One split of a task: positions in the dataset's train or test images, and each one's head target."""
+
+    images: torch.Tensor  # the dataset's uint8 images this split indexes
+    idx: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each batch; a trailing batch of a single sample joins the one before it, since
+    BatchNorm cannot normalise one sample with batch statistics."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+@dataclass
 class TaskData:
-    """One task's view of a dataset: sample indices, head targets and its input transform."""
+    """One task's view of a dataset: its splits, head targets and input transform."""
 
     task: Task
+    index: int  # position in the task sequence
     images: DeviceImages
-    train_idx: torch.Tensor
-    train_targets: torch.Tensor
-    test_idx: torch.Tensor
-    test_targets: torch.Tensor
-    outputs: torch.Tensor  # head indices of this task's classes (the mask of the task scenario)
+    splits: dict[str, Split]
+    outputs: torch.Tensor  # head indices of this task's classes (the mask of a task-aware test)
     permutation: torch.Tensor | None
     size: int | None  # resize target, None for the native size
 
@@ -70,49 +107,75 @@ class TaskData:
                               antialias=self.size < x.shape[-1])
         return x
 
-    def batches(self, split: str, batch_size: int,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of (inputs, targets) of the train or test split; shuffled when a generator is given."""
-        idx, targets = (self.train_idx, self.train_targets) if split == "train" else (self.test_idx, self.test_targets)
-        source = self.images.train_x if split == "train" else self.images.test_x
-        order = None
-        if generator is not None:
-            order = torch.randperm(len(idx), generator=generator).to(idx.device)
-        for start in range(0, len(idx), batch_size):
-            sel = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
-            yield self.transform(source[idx[sel]]), targets[sel]
+    def batch_at(self, split: str, positions: torch.Tensor) -> Batch:
+        """The samples at `positions` of a split, as one batch."""
+        s = self.splits[split]
+        return Batch(self.transform(s.images[s.idx[positions]]), s.targets[positions],
+                     torch.full((len(positions),), self.index, dtype=torch.long, device=s.idx.device), positions)
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches of a split, shuffled when a generator is given (see `batch_bounds` for the last one)."""
+        n = len(self.splits[split])
+        device = self.splits[split].idx.device
+        order = (torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)).to(device)
+        for start, end in batch_bounds(n, batch_size):
+            yield self.batch_at(split, order[start:end])
 
 
-def _select(labels: torch.Tensor, classes: Sequence[int], outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _select(labels: torch.Tensor, classes: Sequence[int], outputs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of samples whose label is in `classes`, and each one's head target."""
-    lookup = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long, device=labels.device)
-    lookup[torch.tensor(classes, device=labels.device)] = outputs.to(labels.device)
+    size = max(int(labels.max()) if len(labels) else 0, *classes) + 1
+    lookup = torch.full((size,), -1, dtype=torch.long, device=labels.device)
+    lookup[torch.tensor(classes, device=labels.device)] = torch.tensor(outputs, device=labels.device)
     mapped = lookup[labels]
     idx = torch.nonzero(mapped >= 0).squeeze(1)
     return idx, mapped[idx]
 
 
+def stratified_holdout(targets: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """A boolean mask over `targets` marking round(fraction * n_c) randomly chosen samples of each class c."""
+    held = torch.zeros(len(targets), dtype=torch.bool)
+    cpu = targets.cpu()
+    for c in cpu.unique().tolist():
+        members = torch.nonzero(cpu == c).squeeze(1)
+        k = round(fraction * len(members))
+        held[members[torch.randperm(len(members), generator=generator)[:k]]] = True
+    return held.to(targets.device)
+
+
 @dataclass
 class TaskSet:
-    """Everything the trainer needs about the data: tasks, their label space and the model's input."""
+    """Everything the trainer needs about the data: tasks, the scenario, the head and the model's input."""
 
     tasks: list[TaskData]
-    scenario: str
-    labels: LabelSpace
+    scenario: Scenario
+    num_classes: int
     in_chans: int
     img_size: int
 
+    @property
+    def task_masks(self) -> torch.Tensor:
+        """(T, num_classes) booleans: the outputs each task may use when its identity is known."""
+        masks = torch.zeros(len(self.tasks), self.num_classes, dtype=torch.bool, device=self.tasks[0].outputs.device)
+        for t in self.tasks:
+            masks[t.index, t.outputs] = True
+        return masks
 
-def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, download: bool, scenario: str,
-                img_size: int | None, device: torch.device) -> TaskSet:
-    """Load each dataset once, put it on the device, and make every task's view of it."""
+
+def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, download: bool, scenario: Scenario | str,
+                img_size: int | None, device: torch.device, val_fraction: float = 0.1, seed: int = 0) -> TaskSet:
+    """Load each dataset once, put it on the device, and make every task's view of it.
+
+    `val_fraction` of each task's training set (per class, chosen with a generator seeded by `seed` and the
+    task's position) becomes its validation split.
+    """
     scenario = resolve_scenario(tasks, scenario)
-    space = label_space(tasks, scenario)
+    num_classes, outputs = task_outputs(tasks, scenario)
     images: dict[str, DeviceImages] = {}
     for task in tasks:
         if task.dataset not in images:
             data = load_dataset(task.dataset, root, cache_dir, download)
-            expected = dataset_classes(task.dataset)
+            expected = DATASETS[task.dataset].num_classes
             if len(data.classes) != expected:
                 raise DataError(f"{task.dataset} under {root} has {len(data.classes)} classes, the task sequence "
                                 f"expects the official {expected}")
@@ -125,15 +188,25 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
                         "channels, and set arch.img_size to resize different sizes to one")
     size = img_size or next(iter(shapes.values()))[1]
     views = []
-    for task in tasks:
+    for i, task in enumerate(tasks):
         im = images[task.dataset]
-        outputs = space.outputs(task, scenario).to(device)
-        train_idx, train_t = _select(im.train_y, task.classes, outputs)
-        test_idx, test_t = _select(im.test_y, task.classes, outputs)
+        train_idx, train_t = _select(im.train_y, task.classes, outputs[i])
+        test_idx, test_t = _select(im.test_y, task.classes, outputs[i])
+        where = f"{task.dataset} under {root}" if task.dataset != "digits" else "the embedded digits"
+        for split, idx in (("training", train_idx), ("test", test_idx)):
+            if len(idx) == 0:
+                raise DataError(f"task {task.name}: {where} has no {split} samples of its classes "
+                                f"{list(task.classes)}; the dataset is incomplete: place the official files there")
+        held = stratified_holdout(train_t, val_fraction, torch.Generator().manual_seed(seed * 1_000_003 + i))
+        splits = {"train": Split(im.train_x, train_idx[~held], train_t[~held]),
+                  "val": Split(im.train_x, train_idx[held], train_t[held]),
+                  "test": Split(im.test_x, test_idx, test_t)}
+        if len(splits["train"]) == 0:
+            raise UserError(f"data.val_fraction={val_fraction} leaves task {task.name} no training samples")
         perm = None
         if task.permutation_seed is not None:
             pixels = im.train_x.shape[2] * im.train_x.shape[3]
             perm = torch.randperm(pixels, generator=torch.Generator().manual_seed(task.permutation_seed)).to(device)
-        views.append(TaskData(task, im, train_idx, train_t, test_idx, test_t, outputs, perm,
+        views.append(TaskData(task, i, im, splits, torch.tensor(outputs[i], device=device), perm,
                               None if size == im.train_x.shape[-1] else size))
-    return TaskSet(views, scenario, space, chans.pop(), size)
+    return TaskSet(views, scenario, num_classes, chans.pop(), size)

@@ -48,70 +48,26 @@ class ImageData:
     classes: tuple[str, ...]  # class names in label order
 
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fmnist", "cifar10", "cifar100", "tinyimagenet")
-
 # Bump when the decoded content or the cache payload changes: every cache file then rebuilds.
 _FORMAT = 1
 _FP_CHARS = 16
 _MEMORY: dict[tuple[str, str], ImageData] = {}
 
-_IMAGE_SHAPE = {
-    "mnist": (1, 28, 28),
-    "fmnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-    "cifar100": (3, 32, 32),
-    "tinyimagenet": (3, 64, 64),
-}
-_N_CLASSES = {"mnist": 10, "fmnist": 10, "cifar10": 10, "cifar100": 100}  # tinyimagenet: from wnids.txt
-
-_MNIST_DIRS = {"mnist": "MNIST", "fmnist": "FashionMNIST"}  # also the torchvision class names
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-_MNIST_CLASSES = {
-    "mnist": tuple(str(d) for d in range(10)),
-    "fmnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"),
-}
 
 
 class _CifarLayout(NamedTuple):
-    folder: str
     train: tuple[str, ...]
     test: str
     meta: str
     label_key: str
     names_key: str
 
-
-_CIFAR = {
-    "cifar10": _CifarLayout(
-        "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
-        "labels", "label_names",
-    ),
-    "cifar100": _CifarLayout(
-        "cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names",
-    ),
-}
-_TINY = "tiny-imagenet-200"
-
-# Official archives (url, md5) for the datasets torchvision cannot fetch without its own md5-checked reader.
-_KRIZ = "https://www.cs.toronto.edu/~kriz"
-_ARCHIVES = {
-    "cifar10": (f"{_KRIZ}/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": (f"{_KRIZ}/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
-    "tinyimagenet": ("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de"),
-}
-_WHAT_TO_PLACE = {
-    "mnist": "the idx files (plain or .gz) there",
-    "fmnist": "the idx files (plain or .gz) there",
-    "cifar10": "the extracted 'cifar-10-batches-py' folder in the data root",
-    "cifar100": "the extracted 'cifar-100-python' folder in the data root",
-    "tinyimagenet": f"the extracted '{_TINY}' folder in the data root",
-}
 
 # The only globals a CIFAR pickle may reference (numpy arrays, from Python 2 or 3 pickles): anything else in a
 # data file is refused instead of executed. Taken from numpy itself so both numpy 1 and 2 module names work.
@@ -148,36 +104,46 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    info = DATASETS[name]
     root = Path(root).expanduser().resolve()
-    key = (name, "" if name == "digits" else str(root))
+    key = (name, "" if info.reader is None else str(root))
     if key not in _MEMORY:
-        if name == "digits":
+        if info.reader is None:
             _MEMORY[key] = _load_digits()
         else:
             default_cache = cache_dir is None
             cache = root / ".cache" if cache_dir is None else Path(cache_dir).expanduser().resolve()
-            _MEMORY[key] = _load_cached(name, root, cache, download, default_cache)
+            _MEMORY[key] = _load_cached(info, root, cache, download, default_cache)
     return _MEMORY[key]
 
 
 def _load_digits() -> ImageData:
-    # scikit-learn is imported here only: it is slow to import and only this small dataset needs it.
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's 8x8 digits, read from the CSV file scikit-learn ships (importing scikit-learn itself takes
+    seconds); 20% of each class, chosen with a fixed seed, is the test split."""
+    from importlib.util import find_spec
 
-    bunch = load_digits()
-    x = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
-    y = bunch.target.astype(np.int64)
-    train_x, test_x, train_y, test_y = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-    return ImageData("digits", torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
-                     torch.from_numpy(test_y), tuple(str(c) for c in bunch.target_names))
+    from .loader import stratified_holdout
+
+    spec = find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the embedded digits ship with scikit-learn, which is not installed: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    try:
+        table = np.loadtxt(gzip.open(path, "rt"), delimiter=",", dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the embedded digits {path}: {_one_line(exc)}") from None
+    x = torch.from_numpy(np.rint(table[:, :-1] * (255 / 16)).astype(np.uint8).reshape(-1, 1, 8, 8))
+    y = torch.from_numpy(table[:, -1].astype(np.int64))
+    test = stratified_holdout(y, 0.2, torch.Generator().manual_seed(0))
+    return ImageData("digits", x[~test], y[~test], x[test], y[test], tuple(str(c) for c in range(10)))
 
 
 # ------------------------------------------------------------ cache logic
 
 
-def _load_cached(name: str, root: Path, cache_dir: Path, download: bool, default_cache: bool) -> ImageData:
-    plan = _plan_or_fetch(name, root, cache_dir, download)
+def _load_cached(info: DatasetInfo, root: Path, cache_dir: Path, download: bool, default_cache: bool) -> ImageData:
+    name = info.name
+    plan = _plan_or_fetch(info, root, cache_dir, download)
     fingerprint = _fingerprint(name, root, plan.files)
     path = cache_dir / f"{name}-{fingerprint}.pt"
     data, _ = _read_cache(path, name, fingerprint)  # writes are atomic, so reading needs no lock
@@ -196,39 +162,40 @@ def _load_cached(name: str, root: Path, cache_dir: Path, download: bool, default
     return data
 
 
-def _plan_or_fetch(name: str, root: Path, cache_dir: Path, download: bool) -> _Plan:
+def _plan_or_fetch(info: DatasetInfo, root: Path, cache_dir: Path, download: bool) -> _Plan:
+    name = info.name
     try:
-        return _PLANNERS[name](root)
+        return info.reader(info, root)
     except _NotFoundError as exc:
         if not download:
             raise DataError(f"{name} not found: {exc.path} is missing; set data.download=true or place "
-                            f"{_WHAT_TO_PLACE[name]}") from None
+                            f"{info.place}") from None
     with _locked(cache_dir, name):  # one process downloads, the others wait and find the files
         try:
-            return _PLANNERS[name](root)
+            return info.reader(info, root)
         except _NotFoundError:
-            _download(name, root)
+            _download(info, root)
         try:
-            return _PLANNERS[name](root)
+            return info.reader(info, root)
         except _NotFoundError as exc:
             raise DataError(f"{name}: downloaded into {root} but {exc.path} is still missing") from None
 
 
-def _download(name: str, root: Path) -> None:
+def _download(info: DatasetInfo, root: Path) -> None:
     # torchvision is imported here only: downloading is rare and the import is slow.
     import torchvision.datasets
     import torchvision.datasets.utils
 
-    log.info("downloading %s into %s", name, root)
+    log.info("downloading %s into %s", info.name, root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if name in _MNIST_DIRS:
-            getattr(torchvision.datasets, _MNIST_DIRS[name])(str(root), download=True)
+        if info.archive is None:  # torchvision's own dataset class, named like the layout's folder
+            getattr(torchvision.datasets, info.folder)(str(root), download=True)
         else:
-            url, md5 = _ARCHIVES[name]
+            url, md5 = info.archive
             torchvision.datasets.utils.download_and_extract_archive(url, str(root), md5=md5)
     except Exception as exc:  # network, md5, disk and archive errors all come in different types
-        raise DataError(f"downloading {name} into {root} failed (no network?): {_one_line(exc)}; place the "
+        raise DataError(f"downloading {info.name} into {root} failed (no network?): {_one_line(exc)}; place the "
                         "files there by hand instead") from None
 
 
@@ -284,11 +251,12 @@ def _payload_problem(payload: object, name: str, fingerprint: str) -> str | None
     classes = payload.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         return "class names missing"
-    if len(classes) != _N_CLASSES.get(name, len(classes)):
-        return f"{len(classes)} class names, expected {_N_CLASSES[name]}"
+    info = DATASETS[name]
+    if info.name != "tinyimagenet" and len(classes) != info.num_classes:  # Tiny-ImageNet's come from wnids.txt
+        return f"{len(classes)} class names, expected {info.num_classes}"
     for split in ("train", "test"):
         x, y = payload.get(f"{split}_x"), payload.get(f"{split}_y")
-        shape = _IMAGE_SHAPE[name]
+        shape = info.shape
         if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and tuple(x.shape[1:]) == shape):
             return f"{split}_x is not a uint8 tensor of shape (N, {', '.join(map(str, shape))})"
         if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and tuple(y.shape) == (len(x),)):
@@ -318,22 +286,22 @@ def _write_cache(path: Path, data: ImageData, fingerprint: str, remove_stale: bo
 # ------------------------------------------------------------ MNIST family
 
 
-def _mnist_plan(name: str, root: Path) -> _Plan:
-    raw = root / _MNIST_DIRS[name] / "raw"
+def _mnist_plan(info: DatasetInfo, root: Path) -> _Plan:
+    raw = root / info.folder / "raw"
     files = []
     for stem in _MNIST_FILES:
         found = [p for p in (raw / stem, raw / f"{stem}.gz") if p.is_file()]  # plain first: faster to read
         if not found:
             raise _NotFoundError(raw / stem)
         files.append(found[0])
-    return _Plan(tuple(files), partial(_decode_mnist, name, *files))
+    return _Plan(tuple(files), partial(_decode_mnist, info, *files))
 
 
-def _decode_mnist(name: str, train_images: Path, train_labels: Path, test_images: Path, test_labels: Path
+def _decode_mnist(info: DatasetInfo, train_images: Path, train_labels: Path, test_images: Path, test_labels: Path
                   ) -> ImageData:
     train_x, train_y = _mnist_split(train_images, train_labels)
     test_x, test_y = _mnist_split(test_images, test_labels)
-    return ImageData(name, train_x, train_y, test_x, test_y, _MNIST_CLASSES[name])
+    return ImageData(info.name, train_x, train_y, test_x, test_y, info.class_names)
 
 
 def _mnist_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,25 +338,25 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 # ------------------------------------------------------------ CIFAR
 
 
-def _cifar_plan(name: str, root: Path) -> _Plan:
-    layout = _CIFAR[name]
-    folder = root / layout.folder
+def _cifar_plan(info: DatasetInfo, root: Path) -> _Plan:
+    layout = info.layout
+    folder = root / info.folder
     files = tuple(folder / f for f in (*layout.train, layout.test, layout.meta))
     for path in files:
         if not path.is_file():
             raise _NotFoundError(path)
-    return _Plan(files, partial(_decode_cifar, name, files))
+    return _Plan(files, partial(_decode_cifar, info, files))
 
 
-def _decode_cifar(name: str, files: tuple[Path, ...]) -> ImageData:
-    layout, n_classes = _CIFAR[name], _N_CLASSES[name]
+def _decode_cifar(info: DatasetInfo, files: tuple[Path, ...]) -> ImageData:
+    layout, n_classes = info.layout, info.num_classes
     *train_files, test_file, meta_file = files
     names = _read_pickle(meta_file).get(layout.names_key)
     if not (isinstance(names, list) and len(names) == n_classes and all(isinstance(n, str) for n in names)):
         raise DataError(f"{meta_file}: '{layout.names_key}' is not a list of {n_classes} class names")
     train = [_cifar_batch(path, layout.label_key, n_classes) for path in train_files]
     test_x, test_y = _cifar_batch(test_file, layout.label_key, n_classes)
-    return ImageData(name, torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test_x, test_y,
+    return ImageData(info.name, torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test_x, test_y,
                      tuple(names))
 
 
@@ -428,8 +396,8 @@ def _read_pickle(path: Path) -> dict:
 # ------------------------------------------------------------ Tiny-ImageNet
 
 
-def _tiny_plan(root: Path) -> _Plan:
-    base = root / _TINY
+def _tiny_plan(info: DatasetInfo, root: Path) -> _Plan:
+    base = root / info.folder
     wnids_file = base / "wnids.txt"
     if not wnids_file.is_file():
         raise _NotFoundError(wnids_file)
@@ -507,10 +475,40 @@ def _decode_jpeg(path: Path) -> np.ndarray:
     return rgb
 
 
-_PLANNERS: dict[str, Callable[[Path], _Plan]] = {
-    "mnist": partial(_mnist_plan, "mnist"),
-    "fmnist": partial(_mnist_plan, "fmnist"),
-    "cifar10": partial(_cifar_plan, "cifar10"),
-    "cifar100": partial(_cifar_plan, "cifar100"),
-    "tinyimagenet": _tiny_plan,
-}
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset, described once: names, official class count and image shape, on-disk layout and reader."""
+
+    name: str  # cache files, results and errors
+    token: str  # in task tokens (p<token>, <token>-N)
+    num_classes: int
+    shape: tuple[int, int, int]  # (C, H, W) of its images
+    place: str  # what a user puts under data.root
+    reader: Callable[[DatasetInfo, Path], _Plan] | None  # plan of the official layout; None: embedded
+    folder: str = ""  # the layout's folder under data.root (also torchvision's class name for the MNIST family)
+    class_names: tuple[str, ...] = ()  # where the files do not name the classes
+    layout: _CifarLayout | None = None
+    archive: tuple[str, str] | None = None  # official (url, md5); None: torchvision's own `folder` class
+
+
+_KRIZ = "https://www.cs.toronto.edu/~kriz"
+_IDX = "the idx files (plain or .gz) there"
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
+    DatasetInfo("digits", "digits", 10, (1, 8, 8), "nothing: it ships with scikit-learn", None),
+    DatasetInfo("mnist", "mnist", 10, (1, 28, 28), _IDX, _mnist_plan, "MNIST", tuple(str(d) for d in range(10))),
+    DatasetInfo("fmnist", "fmnist", 10, (1, 28, 28), _IDX, _mnist_plan, "FashionMNIST",
+                ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")),
+    DatasetInfo("cifar10", "cifar10", 10, (3, 32, 32), "the extracted 'cifar-10-batches-py' folder in the data root",
+                _cifar_plan, "cifar-10-batches-py",
+                layout=_CifarLayout(tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                                    "labels", "label_names"),
+                archive=(f"{_KRIZ}/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")),
+    DatasetInfo("cifar100", "cifar100", 100, (3, 32, 32), "the extracted 'cifar-100-python' folder in the data root",
+                _cifar_plan, "cifar-100-python",
+                layout=_CifarLayout(("train",), "test", "meta", "fine_labels", "fine_label_names"),
+                archive=(f"{_KRIZ}/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")),
+    DatasetInfo("tinyimagenet", "imgnet", 200, (3, 64, 64), "the extracted 'tiny-imagenet-200' folder in the data root",
+                _tiny_plan, "tiny-imagenet-200",
+                archive=("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de")),
+)}

@@ -4,30 +4,36 @@ Grammar (one token may expand to several tasks):
 - ``p<dataset>``: one permuted-pixel task with its own fixed permutation (repeat the token for more);
 - ``<dataset>-<N>``: the dataset's classes split into N equal tasks;
 - ``<dataset>``: the whole dataset as one task; ``cifar10-animals`` / ``cifar10-vehicles``: the paper's halves.
-Scenarios: ``domain`` (labels shared across tasks, one head of the task size), ``class`` (one head over
-all classes, the seed's setting) and ``task`` (one head over all classes, logits masked to the task's).
+Scenarios (van de Ven, Tuytelaars & Tolias 2022): ``domain`` (labels shared across tasks, one head of the
+task size, no task id at test), ``class`` (one head over every task's classes, no task id at test; permuted
+and whole tasks each get their own block of outputs) and ``task`` (the same head, and the task id at test:
+logits masked to the task's outputs, per-task state restored).
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from enum import StrEnum
 
 from ..errors import UserError
+from .sources import DATASETS, DatasetInfo
 
-# token name -> dataset name in `sources.DATASETS` and its number of classes
-DATASETS: dict[str, tuple[str, int]] = {
-    "digits": ("digits", 10), "mnist": ("mnist", 10), "fmnist": ("fmnist", 10), "cifar10": ("cifar10", 10),
-    "cifar100": ("cifar100", 100), "imgnet": ("tinyimagenet", 200),
-}
+BY_TOKEN: dict[str, DatasetInfo] = {d.token: d for d in DATASETS.values()}
 SUBSETS: dict[str, tuple[str, tuple[int, ...]]] = {
     "cifar10-vehicles": ("cifar10", (0, 1, 8, 9)),  # airplane, automobile, ship, truck
     "cifar10-animals": ("cifar10", (2, 3, 4, 5, 6, 7)),  # bird, cat, deer, dog, frog, horse
 }
-KIND_SCENARIO = {"permuted": "domain", "whole": "domain", "split": "class", "subset": "class"}
+
+
+# How tasks share the output layer and whether the task id is known at test (auto: from the tokens). Built
+# with the functional API because "class" is a keyword; config values are member names.
+Scenario = StrEnum("Scenario", {name: name for name in ("auto", "domain", "class", "task")})
+
+KIND_SCENARIO = {"permuted": Scenario.domain, "whole": Scenario.domain, "split": Scenario["class"],
+                 "subset": Scenario["class"]}
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,8 @@ class Task:
 
 
 def _token_help() -> str:
-    names = ", ".join(DATASETS)
-    return (f"use p<dataset>, <dataset>, <dataset>-<N> or {', '.join(SUBSETS)}, with <dataset> one of {names}")
+    names = ", ".join(BY_TOKEN)
+    return f"use p<dataset>, <dataset>, <dataset>-<N> or {', '.join(SUBSETS)}, with <dataset> one of {names}"
 
 
 def parse_task_sequence(tokens: Sequence[str], seed: int = 0, class_order_seed: int | None = None) -> list[Task]:
@@ -56,39 +62,40 @@ def parse_task_sequence(tokens: Sequence[str], seed: int = 0, class_order_seed: 
             dataset, classes = SUBSETS[token]
             tasks.append(Task(token, dataset, "subset", classes))
             continue
-        if token in DATASETS:
-            dataset, n = DATASETS[token]
-            tasks.append(Task(token, dataset, "whole", tuple(range(n))))
+        if token in BY_TOKEN:
+            info = BY_TOKEN[token]
+            tasks.append(Task(token, info.name, "whole", tuple(range(info.num_classes))))
             continue
-        if token.startswith("p") and token[1:] in DATASETS:
-            dataset, n = DATASETS[token[1:]]
+        if token.startswith("p") and token[1:] in BY_TOKEN:
+            info = BY_TOKEN[token[1:]]
             # each occurrence gets its own permutation, derived from the run's seed
-            tasks.append(Task(f"{token}{permuted_count}", dataset, "permuted", tuple(range(n)),
+            tasks.append(Task(f"{token}{permuted_count}", info.name, "permuted", tuple(range(info.num_classes)),
                               permutation_seed=seed * 1_000_003 + permuted_count))
             permuted_count += 1
             continue
         match = re.fullmatch(r"(\w+)-(-?\d+)", token)
-        if match and match.group(1) in DATASETS:
-            name, parts = match.group(1), int(match.group(2))
-            dataset, n = DATASETS[name]
+        if match and match.group(1) in BY_TOKEN:
+            info, parts = BY_TOKEN[match.group(1)], int(match.group(2))
+            n = info.num_classes
             if parts < 1 or n % parts:
                 divisors = [d for d in range(1, n + 1) if n % d == 0]
                 raise UserError(f"task token {token!r}: {n} classes cannot be split into {parts} equal tasks; "
                                 f"N must be one of {divisors}")
-            order = torch.arange(n)
+            order = list(range(n))
             if class_order_seed is not None:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(class_order_seed))
+                random.Random(class_order_seed).shuffle(order)
             per = n // parts
             for k in range(parts):
-                tasks.append(Task(f"{token}:{k}", dataset, "split", tuple(order[k * per:(k + 1) * per].tolist())))
+                tasks.append(Task(f"{token}:{k}", info.name, "split", tuple(order[k * per:(k + 1) * per])))
             continue
         raise UserError(f"unknown task token {token!r}; {_token_help()}")
     return tasks
 
 
-def resolve_scenario(tasks: Sequence[Task], scenario: str) -> str:
+def resolve_scenario(tasks: Sequence[Task], scenario: Scenario | str) -> Scenario:
     """The scenario to use: the explicit one, or the default of the tokens' kind (which must agree)."""
-    if scenario != "auto":
+    scenario = Scenario(scenario)
+    if scenario != Scenario.auto:
         return scenario
     defaults = {KIND_SCENARIO[t.kind] for t in tasks}
     if len(defaults) > 1:
@@ -97,34 +104,24 @@ def resolve_scenario(tasks: Sequence[Task], scenario: str) -> str:
     return defaults.pop()
 
 
-@dataclass(frozen=True)
-class LabelSpace:
-    """How dataset labels map to the model's outputs under a scenario."""
-
-    num_classes: int  # size of the head
-    offsets: dict[str, int]  # dataset -> first output index (class and task scenarios)
-
-    def outputs(self, task: Task, scenario: str) -> torch.Tensor:
-        """Output indices of the task's classes, in the task's class order."""
-        if scenario == "domain":
-            return torch.arange(len(task.classes))
-        return torch.tensor(task.classes) + self.offsets[task.dataset]
+def _block_key(task: Task) -> str:
+    """Tasks with the same key share one block of outputs in the class and task scenarios: a split task uses
+    its dataset's block (its classes in place), a permuted or whole task gets a block of its own."""
+    return task.dataset if task.kind in ("split", "subset") else task.name
 
 
-def dataset_classes(dataset: str) -> int:
-    """The official number of classes of a dataset (by its name in sources.DATASETS)."""
-    return next(n for d, n in DATASETS.values() if d == dataset)
+def task_outputs(tasks: Sequence[Task], scenario: Scenario) -> tuple[int, list[list[int]]]:
+    """The head size and, per task, the output index of each of its classes (in the task's class order).
 
-
-def label_space(tasks: Sequence[Task], scenario: str) -> LabelSpace:
-    """One head for the whole sequence: the largest task (domain) or every dataset's classes (class/task)."""
-    if scenario == "domain":
-        sizes = {len(t.classes) for t in tasks}
-        return LabelSpace(max(sizes), {})
+    Domain: one head of the largest task's size, class k of every task on output k. Class and task: one
+    head over every block (see `_block_key`), each class on its own output.
+    """
+    if scenario == Scenario.domain:
+        return max(len(t.classes) for t in tasks), [list(range(len(t.classes))) for t in tasks]
     offsets: dict[str, int] = {}
     total = 0
     for t in tasks:
-        if t.dataset not in offsets:
-            offsets[t.dataset] = total
-            total += dataset_classes(t.dataset)
-    return LabelSpace(total, offsets)
+        if _block_key(t) not in offsets:
+            offsets[_block_key(t)] = total
+            total += DATASETS[t.dataset].num_classes
+    return total, [[offsets[_block_key(t)] + c for c in t.classes] for t in tasks]

@@ -1,0 +1,169 @@
+"""The results record of one run (results.json): typed, versioned, written and read here only.
+
+The trainer builds a `RunRecord` after every epoch; sinks receive it and never change it. Accuracy
+matrices R are T x T in percent: row i after training task i, column j the tested task j.
+
+- `acc_matrix`: tested as the run's scenario says: without the task id in `domain` and `class` (live state,
+  no output mask), with it in `task`.
+- `acc_matrix_task_aware`: the same network tested with the task id (each task's per-task state restored
+  and the outputs masked to its classes); equal to `acc_matrix` in the task scenario.
+- `val_acc_matrix`: `acc_matrix`'s protocol on each task's validation split (held out from training):
+  choose hyper-parameters on it, never on the test matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+from .atomic import write_json
+
+FORMAT = 2
+RESULTS = "results.json"
+# Config keys that do not change what a run computes: a run may resume with other values for them, and a
+# report does not tell runs apart by them. The test batch size matters only with transductive BatchNorm.
+NON_SCIENTIFIC = ("logger", "paths", "threads", "device", "checkpoint", "sweep_name", "tags", "data.root",
+                  "data.cache_dir", "data.download", "data.eval_batch_size", "optimizer.implementation")
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+class MalformedRecordError(ValueError):
+    """A results file that is not a record of this format (the reason is the message)."""
+
+
+@dataclass
+class EpochRecord:
+    """One epoch: its training loss and accuracy, every task's accuracies, and the diagnostics."""
+
+    task: int
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc: list[float]  # every task, under the run's scenario
+    test_acc_task_aware: list[float]  # every task, tested with its task id
+    val_acc: list[float]  # every task's validation split, under the run's scenario (empty without one)
+    mean_seen_acc: float  # mean test_acc over the tasks learned so far
+    lr: float
+    attenuated: float | None = None  # share of metaplastic hidden weights with f_meta < 0.5 (None: no meta)
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)  # per-layer diagnostics
+    histograms: dict[str, dict[str, list[float]]] | None = None  # hidden weights, at a task's last epoch
+
+
+@dataclass
+class RunRecord:
+    """Everything results.json holds about one run."""
+
+    status: str
+    config: dict[str, Any]
+    tasks: list[str]
+    scenario: str
+    net: str
+    meta: float | list[float]
+    seed: int
+    strategy: str
+    run_dir: str = ""
+    sweep: str | None = None  # <sweep_name>-<sweep dir> for a multirun job (the default W&B group)
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int = 1
+    parameters: int = 0
+    reason: str | None = None
+    acc_matrix: list[list[float]] = field(default_factory=list)
+    acc_matrix_task_aware: list[list[float]] = field(default_factory=list)
+    val_acc_matrix: list[list[float]] = field(default_factory=list)
+    initial_acc: list[float] | None = None  # random init, under the run's scenario (for FWT)
+    avg_acc: float | None = None
+    avg_acc_task_aware: float | None = None
+    val_avg_acc: float | None = None
+    val_old_acc: float | None = None  # validation: mean of the earlier tasks after the last task
+    val_new_acc: float | None = None  # validation: the newest task after the last task
+    bwt: float | None = None
+    bwt_task_aware: float | None = None
+    forgetting: float | None = None
+    forgetting_task_aware: float | None = None
+    fwt: float | None = None
+    epochs: list[EpochRecord] = field(default_factory=list)
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    resumes: list[dict[str, int]] = field(default_factory=list)
+    format: int = FORMAT
+
+    @property
+    def complete(self) -> bool:
+        """Whether every task has its row in the accuracy matrix."""
+        return bool(self.tasks) and len(self.acc_matrix) == len(self.tasks)
+
+    @property
+    def histograms(self) -> dict[str, list[dict[str, Any]]]:
+        """Hidden-weight histograms per layer, one per finished task: {"task", "edges", "counts"}."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for e in self.epochs:
+            for layer, h in (e.histograms or {}).items():
+                out.setdefault(layer, []).append({"task": e.task, **h})
+        return out
+
+    def summarize(self) -> None:
+        """Fill the summary metrics from the matrices (once every task has its row)."""
+        if not self.complete:
+            return
+        own = metrics.summary(self.acc_matrix, self.initial_acc)
+        aware = metrics.summary(self.acc_matrix_task_aware)
+        self.avg_acc, self.bwt, self.forgetting, self.fwt = own["avg_acc"], own["bwt"], own["forgetting"], own["fwt"]
+        self.avg_acc_task_aware, self.bwt_task_aware = aware["avg_acc"], aware["bwt"]
+        self.forgetting_task_aware = aware["forgetting"]
+        if self.val_acc_matrix and self.val_acc_matrix[-1]:
+            last = self.val_acc_matrix[-1]
+            self.val_avg_acc = sum(last) / len(last)
+            self.val_new_acc = last[-1]
+            self.val_old_acc = sum(last[:-1]) / (len(last) - 1) if len(last) > 1 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as results.json holds it."""
+        return dataclasses.asdict(self)
+
+
+def write_record(path: str | Path, record: RunRecord) -> None:
+    """Write the record as results.json, atomically."""
+    write_json(path, record.to_dict())
+
+
+def _matrix_ok(value: Any, rows: int | None = None, cols: int | None = None) -> bool:
+    return (isinstance(value, list) and (rows is None or len(value) <= rows)
+            and all(isinstance(r, list) and (cols is None or len(r) == cols)
+                    and all(isinstance(a, int | float) for a in r) for r in value))
+
+
+def record_from_dict(data: Any) -> RunRecord:
+    """A RunRecord from results.json's content; MalformedRecordError when it is not one of this format."""
+    if not isinstance(data, dict):
+        raise MalformedRecordError(f"not a JSON object but {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise MalformedRecordError(f"results format {data.get('format')!r}, this version reads {FORMAT}")
+    names = {f.name for f in dataclasses.fields(RunRecord)}
+    missing = sorted({"status", "config", "tasks", "scenario", "net", "meta", "seed", "strategy"} - set(data))
+    if missing:
+        raise MalformedRecordError(f"missing {', '.join(missing)}")
+    if data["status"] not in STATUSES or not isinstance(data["tasks"], list) or not isinstance(data["config"], dict):
+        raise MalformedRecordError("status, tasks or config has the wrong type")
+    t = len(data["tasks"])
+    for key in ("acc_matrix", "acc_matrix_task_aware", "val_acc_matrix"):
+        if not _matrix_ok(data.get(key, []), t, t if key != "val_acc_matrix" or data.get(key) else None):
+            raise MalformedRecordError(f"{key} is not a matrix of numbers with {t} columns")
+    try:
+        epochs = [EpochRecord(**e) for e in data.get("epochs", [])]
+        return RunRecord(**{k: v for k, v in data.items() if k in names and k != "epochs"}, epochs=epochs)
+    except TypeError as exc:
+        raise MalformedRecordError(f"unexpected fields ({exc})") from None
+
+
+def read_record(path: str | Path) -> RunRecord:
+    """Read results.json; OSError when unreadable, MalformedRecordError when not a record."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise MalformedRecordError(f"not JSON ({exc})") from None
+    return record_from_dict(data)

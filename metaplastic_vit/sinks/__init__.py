@@ -1,0 +1,1 @@
+"""Result sinks: plugins that receive the record after every epoch (local files, the console, W&B)."""

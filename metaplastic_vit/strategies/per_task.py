@@ -1,0 +1,65 @@
+"""Per-task state: modules whose parameters and buffers are kept once per task (the paper's per-task BatchNorm).
+
+Training is the same with or without it: the live state is trained on every task. A copy is stored at the
+end of each task and swapped in only when a task is tested with its identity known (the task-aware matrix,
+and every test of the task scenario). Tests without the task id always see the live state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import Plugin, TaskContext, matches
+
+State = dict[str, dict[str, torch.Tensor]]
+
+
+class PerTaskState(Plugin):
+    """Snapshots the modules matching `patterns` at each task's end; `task_state(j)` swaps task j's in."""
+
+    name = "per_task"
+
+    def __init__(self, model: nn.Module, patterns: Sequence[str]) -> None:
+        self.modules = {n: m for n, m in model.named_modules() if n and matches(n, patterns)}
+        if not self.modules:
+            raise UserError(f"per_task patterns {list(patterns)} match no module of the model")
+        self.saved: list[State] = []
+
+    def snapshot(self) -> State:
+        """A detached copy of the current state of the per-task modules."""
+        return {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in self.modules.items()}
+
+    def load(self, state: State) -> None:
+        """Copy `state` into the model in place (parameters keep their identity for the optimizer)."""
+        for n, m in self.modules.items():
+            m.load_state_dict(state[n])
+
+    def after_task(self, ctx: TaskContext) -> None:  # noqa: D102
+        del self.saved[ctx.index:]
+        self.saved.append(self.snapshot())
+
+    def task_state(self, task: int) -> Iterator[None] | None:  # noqa: D102
+        if task >= len(self.saved):
+            return None  # not learned yet, or the task being learned: the live state is its own
+        return self._swapped(self.saved[task])
+
+    @contextmanager
+    def _swapped(self, state: State) -> Iterator[None]:
+        live = self.snapshot()
+        self.load(state)
+        try:
+            yield
+        finally:
+            self.load(live)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"saved": self.saved}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.saved = state["saved"]

@@ -1,0 +1,94 @@
+"""Bad input is refused with one clear message before any data is loaded or anything is written."""
+
+import pytest
+from conftest import config, run, tiny
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from metaplastic_vit import experiment
+from metaplastic_vit.errors import DataError, UserError, one_line
+
+BEFORE_DATA = [
+    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bvit, bvit_attn, bvit_full, "
+                  "bvit_full_ln, bvit_ln, dnn, hybrid, vit"),
+    (["task_sequence=[pfoo]"], "unknown task token 'pfoo'; use p<dataset>"),
+    (["task_sequence=[digits-3]"], "10 classes cannot be split into 3 equal tasks; N must be one of [1, 2, 5, 10]"),
+    (["task_sequence=[digits-0]"], "cannot be split into 0 equal tasks"),
+    (["task_sequence=[]"], "task_sequence must name at least one task"),
+    (["meta=-1"], "meta must be a number >= 0 or a list of them, got -1"),
+    (["meta=abc"], "meta must be a number >= 0 or a list of them, got 'abc'"),
+    (["lr=0"], "lr must be > 0, got 0.0"),
+    (["lr=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
+    (["epochs_per_task=0"], "epochs_per_task must be >= 1, got 0"),
+    (["batch_size=0"], "batch_size must be >= 1, got 0"),
+    (["gamma=0"], "gamma must be > 0, got 0.0"),
+    (["threads=0"], "threads must be >= 1, got 0"),
+    (["seed=99999999999999999999"], "seed must lie in [0, 2^63), got 99999999999999999999"),
+    (["device=tpu"], "unknown device 'tpu'"),
+    (["precision=fp8"], "Invalid value 'fp8', expected one of [auto, fp32, bf16, fp16]"),
+    (["net.name=cnn"], "unknown net 'cnn'; choose one of vit, bvit"),
+    (["net.binary_scale=big"], "Invalid value 'big', expected one of [none, fan_in, mean_abs]"),
+    (["net=bnn", "net.hidden=[]"], "net.hidden must list layer widths >= 1, got []"),
+    (["arch.num_heads=0"], "arch.num_heads must be >= 1, got 0"),
+    (["arch.img_size=0"], "arch.img_size must be >= 1, got 0"),
+    (["bogus=1"], "Key 'bogus' not in 'Config'"),
+    (["+epoch_per_task=5"], "unknown config key 'epoch_per_task'; did you mean epochs_per_task?"),
+    (["+net.binary_weight=[head]"], "unknown config key 'net.binary_weight'; did you mean net.binary_weights?"),
+    (["data.scenario=mixed"], "Invalid value 'mixed', expected one of [auto, domain, class, task]"),
+    (["data.val_fraction=1"], "data.val_fraction must lie in [0, 1), got 1.0"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size must be >= 1, got 0"),
+    (["optimizer.meta_scale=foo"], "Invalid value 'foo', expected one of [none, rms]"),
+    (["optimizer.meta_on=some"], "Invalid value 'some', expected one of [all, binary]"),
+    (["optimizer.implementation=jit"], "Invalid value 'jit', expected one of [auto, compiled, foreach]"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas must be two numbers in [0, 1), got [0.9]"),
+    (["strategy=si", "strategy.fisher_samples=3"], "Key 'fisher_samples' not in 'SIConfig'"),
+    (["strategy=ewc", "strategy.strength=-1"], "strategy.strength must be >= 0, got -1.0"),
+    (["strategy=ewc", "strategy.mode=both"], "Invalid value 'both', expected one of [separate, online]"),
+    (["strategy=replay", "strategy.buffer_size=0"], "strategy.buffer_size must be >= 1, got 0"),
+    (["strategy=lwf", "strategy.temperature=0"], "strategy.temperature must be > 0, got 0.0"),
+    (["logger.console.progress=loud"], "Invalid value 'loud', expected one of [auto, bar, lines, none]"),
+    (["logger=wandb", "logger.wandb.mode=maybe"], "Invalid value 'maybe', expected one of [auto, online, offline"),
+]
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded before the bad input was found")
+    monkeypatch.setattr(experiment, "build_tasks", refuse)
+
+
+@pytest.mark.parametrize("overrides, message", BEFORE_DATA, ids=[" ".join(o) for o, _ in BEFORE_DATA])
+def test_bad_input_is_refused_before_any_data_is_loaded(tmp_path, no_data, overrides, message):
+    with pytest.raises((UserError, HydraException, OmegaConfBaseException)) as info:
+        run(tmp_path, *tiny(*overrides))
+    line = one_line(info.value)
+    assert message in line and "\n" not in line
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+NEEDS_DATA = [
+    (["arch.patch_size=3"], UserError,
+     "patch_size 3 does not divide img_size 8; choose a patch size among [1, 2, 4, 8]"),
+    (["meta=[1,2]"], UserError, "meta has 2 values but the model has 8 metaplastic weight tensors"),
+    (["task_sequence=[mnist]", "data.root=/nonexistent"], DataError,
+     "mnist not found: /nonexistent/MNIST/raw/train-images-idx3-ubyte is missing; set data.download=true"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, message", NEEDS_DATA, ids=[" ".join(o) for o, _, _ in NEEDS_DATA])
+def test_bad_input_that_needs_the_data_is_refused_before_anything_is_written(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message.replace("[", "\\[").replace("]", "\\]")):
+        run(tmp_path, *tiny(*overrides))
+    assert not list(tmp_path.iterdir())
+
+
+def test_tags_are_free_form(tmp_path):
+    cfg = config(*tiny("+tags.note=first try", "+tags.owner=lab"))
+    assert experiment.validate(cfg).tags == {"note": "first try", "owner": "lab"}
+
+
+def test_hydras_multi_line_errors_become_one_line():
+    with pytest.raises(HydraException) as info:
+        config("net=foo")
+    assert "\n" in str(info.value) and "\n" not in one_line(info.value)

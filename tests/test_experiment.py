@@ -1,0 +1,152 @@
+"""Whole experiments composed from the real config and run in this process, on the embedded digits."""
+
+import csv
+
+import pytest
+import torch
+from conftest import config, read_results, run, tiny
+
+from metaplastic_vit import experiment
+from metaplastic_vit.metrics import summary
+from metaplastic_vit.models import MODELS
+from metaplastic_vit.record import read_record
+from metaplastic_vit.trainer import Precision
+
+
+def test_default_net_run_writes_a_complete_record(tmp_path):
+    record = run(tmp_path, *tiny("logger.files.plots=true"))
+    assert record.status == "completed" and record.net == "bvit_full_ln" and record.meta == 50
+    assert record.tasks == ["pdigits0", "pdigits1"] and record.scenario == "domain"
+    for matrix in (record.acc_matrix, record.acc_matrix_task_aware, record.val_acc_matrix):
+        assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
+    expected = summary(record.acc_matrix, record.initial_acc)
+    assert (record.avg_acc, record.bwt, record.forgetting, record.fwt) == pytest.approx(
+        (expected["avg_acc"], expected["bwt"], expected["forgetting"], expected["fwt"]))
+    assert record.avg_acc_task_aware == pytest.approx(summary(record.acc_matrix_task_aware)["avg_acc"])
+    assert record.val_avg_acc == pytest.approx(sum(record.val_acc_matrix[-1]) / 2)
+    assert record.val_new_acc == record.val_acc_matrix[-1][1] and record.val_old_acc == record.val_acc_matrix[-1][0]
+    assert len(record.epochs) == 4
+    first = record.epochs[0]
+    assert len(first.test_acc) == len(first.test_acc_task_aware) == len(first.val_acc) == 2  # every task, every epoch
+    assert set(first.layers) == {"patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1",
+                                 "blocks.0.mlp.fc2", "head"}
+    assert 0 <= first.attenuated <= 1 and first.histograms is None and record.epochs[1].histograms
+    on_disk = read_record(tmp_path / "results.json")
+    assert on_disk.to_dict() == record.to_dict()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == 4 and {"test_acc_task1", "test_acc_task_aware_task1", "val_acc_task1"} <= set(rows[0])
+    for png in ("accuracy_curves.png", "accuracy_matrix.png", "weight_histograms.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_task_id_per_task_state_changes_nothing(tmp_path):
+    """Domain scenario: the per-task-LN net and the same net without per-task state give the same matrix."""
+    with_state = run(tmp_path / "a", *tiny("net=bvit_full_ln"))
+    without = run(tmp_path / "b", *tiny("net=bvit_full"))
+    assert with_state.acc_matrix == without.acc_matrix
+    assert with_state.val_acc_matrix == without.val_acc_matrix
+    assert without.acc_matrix_task_aware == without.acc_matrix  # no state, one head: task id adds nothing
+    assert with_state.acc_matrix_task_aware[1][1] == with_state.acc_matrix[1][1]  # the live task is its own
+    assert with_state.acc_matrix_task_aware[1][0] != with_state.acc_matrix[1][0]  # task 1 with its own norms
+
+
+def test_task_scenario_tests_with_the_task_id(tmp_path):
+    record = run(tmp_path, *tiny("data.scenario=task"))
+    assert record.scenario == "task" and record.acc_matrix == record.acc_matrix_task_aware
+
+
+def test_permuted_tasks_in_the_class_scenario_get_their_own_outputs(tmp_path):
+    cfg = config(*tiny("data.scenario=class"))
+    from metaplastic_vit.data import build_tasks, parse_task_sequence
+
+    data = build_tasks(parse_task_sequence(cfg.task_sequence), "unused", None, False, "class", None,
+                       torch.device("cpu"))
+    assert data.num_classes == 20 and data.tasks[1].outputs.tolist() == list(range(10, 20))
+    assert set(data.tasks[1].splits["train"].targets.tolist()) == set(range(10, 20))
+    record = run(tmp_path, *tiny("data.scenario=class"))
+    assert record.scenario == "class" and record.acc_matrix != record.acc_matrix_task_aware
+
+
+def test_bnn_accuracy_does_not_depend_on_the_test_batch_size(tmp_path):
+    small = run(tmp_path / "a", *tiny("net=bnn", "net.hidden=[64]", "data.eval_batch_size=7"))
+    large = run(tmp_path / "b", *tiny("net=bnn", "net.hidden=[64]", "data.eval_batch_size=1000"))
+    assert small.acc_matrix == large.acc_matrix
+    assert small.acc_matrix_task_aware == large.acc_matrix_task_aware
+    assert small.val_acc_matrix == large.val_acc_matrix
+    # the paper's transductive statistics let each test batch carry its task: accuracy depends on the batch
+    small = run(tmp_path / "c", *tiny("net=bnn", "net.hidden=[64]", "net.transductive_bn=true",
+                                      "data.eval_batch_size=7"))
+    large = run(tmp_path / "d", *tiny("net=bnn", "net.hidden=[64]", "net.transductive_bn=true",
+                                      "data.eval_batch_size=1000"))
+    assert small.acc_matrix != large.acc_matrix
+
+
+def test_a_final_batch_of_one_sample_works(tmp_path):
+    cfg = config(*tiny("net=bnn"))
+    from metaplastic_vit.data import build_tasks, parse_task_sequence
+
+    data = build_tasks(parse_task_sequence(cfg.task_sequence), "unused", None, False, "auto", None,
+                       torch.device("cpu"), val_fraction=0.1)
+    n_train, n_test = len(data.tasks[0].splits["train"]), len(data.tasks[0].splits["test"])
+    record = run(tmp_path, *tiny("net=bnn", "net.hidden=[32]", f"batch_size={n_train - 1}",
+                                 f"data.eval_batch_size={n_test - 1}"))
+    assert record.status == "completed"
+
+
+def test_validation_split_is_held_out_stratified_and_seeded():
+    from metaplastic_vit.data import build_tasks, parse_task_sequence
+
+    def build(seed):
+        return build_tasks(parse_task_sequence(["pdigits", "pdigits"], seed=seed), "unused", None, False, "auto",
+                           None, torch.device("cpu"), val_fraction=0.1, seed=seed)
+
+    data = build(0)
+    task = data.tasks[0]
+    train, val = task.splits["train"], task.splits["val"]
+    assert not set(train.idx.tolist()) & set(val.idx.tolist())  # never trained on
+    assert len(train) + len(val) == 1438 and len(val) == pytest.approx(144, abs=5)
+    counts = torch.bincount(val.targets, minlength=10)
+    assert counts.min() >= 13 and counts.max() <= 16  # about 10% of every class
+    assert torch.equal(build(0).tasks[0].splits["val"].idx, val.idx)
+    assert not torch.equal(build(1).tasks[0].splits["val"].idx, val.idx)
+    assert not torch.equal(data.tasks[1].splits["val"].idx, val.idx)  # each task its own held-out part
+
+
+def test_fingerprint_covers_what_changes_numbers():
+    base = config(*tiny())
+    fp = experiment.fingerprint(base, Precision.fp32)
+    for same in (tiny("threads=2"), tiny("logger.console.progress=lines"), tiny("device=cpu"),
+                 tiny("data.eval_batch_size=7"), tiny("+tags.note=x"), tiny("optimizer.implementation=foreach")):
+        assert experiment.fingerprint(config(*same), Precision.fp32) == fp, same
+    assert experiment.fingerprint(base, Precision.bf16) != fp
+    for other in (tiny("lr=0.01"), tiny("data.val_fraction=0.2"), tiny("strategy=ewc"), tiny("seed=1")):
+        assert experiment.fingerprint(config(*other), Precision.fp32) != fp, other
+    bnn = tiny("net=bnn", "net.transductive_bn=true")
+    assert (experiment.fingerprint(config(*bnn), Precision.fp32)
+            != experiment.fingerprint(config(*bnn, "data.eval_batch_size=7"), Precision.fp32))
+
+
+@pytest.mark.parametrize("net", sorted(MODELS))
+def test_every_registered_net_runs(tmp_path, net):
+    record = run(tmp_path, *tiny(f"net={net}", "epochs_per_task=1", "task_sequence=[pdigits]", "net.hidden=[32]")
+                 if MODELS[net].family == "mlp" else tiny(f"net={net}", "epochs_per_task=1", "task_sequence=[pdigits]"))
+    assert record.status == "completed" and record.net == net
+
+
+def test_layerwise_meta_and_the_task_scenario_on_a_split(tmp_path):
+    record = run(tmp_path, *tiny("net=bnn", "net.hidden=[32,32]", "meta=[0,5,10]", "task_sequence=[digits-5]",
+                                 "data.scenario=task", "epochs_per_task=1"))
+    assert record.scenario == "task" and len(record.tasks) == 5 and record.meta == [0, 5, 10]
+
+
+def test_cpu_runs_are_exactly_reproducible(tmp_path):
+    a = run(tmp_path / "a", *tiny())
+    b = run(tmp_path / "b", *tiny())
+    assert [e.__dict__ for e in a.epochs] == [e.__dict__ for e in b.epochs]
+
+
+def test_a_finished_run_is_not_retrained(tmp_path):
+    first = run(tmp_path, *tiny())
+    again = run(tmp_path, *tiny())
+    assert again.epochs == first.epochs and again.resumes == [{"task": 2, "epoch": 0}]
+    assert read_results(tmp_path)["status"] == "completed"

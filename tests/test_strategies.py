@@ -1,0 +1,241 @@
+"""The baselines' mathematics, checked against independent computations, and per-task state."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metaplastic_vit.data import Batch, build_tasks, parse_task_sequence
+from metaplastic_vit.data.loader import batch_bounds
+from metaplastic_vit.errors import UserError
+from metaplastic_vit.models import create_model
+from metaplastic_vit.strategies.base import TaskContext, shared_parameters
+from metaplastic_vit.strategies.ewc import EWC, FisherLabels, fisher_diagonal
+from metaplastic_vit.strategies.joint import Joint
+from metaplastic_vit.strategies.lwf import LwF
+from metaplastic_vit.strategies.per_task import PerTaskState
+from metaplastic_vit.strategies.replay import Replay
+from metaplastic_vit.strategies.si import SI
+
+VIT = dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=16, depth=1, num_heads=4)
+MLP = dict(img_size=8, in_chans=1, num_classes=10, hidden=[24, 24])
+
+
+def _forward(fn, x):
+    return fn(x).float()
+
+
+def _data(tokens=("pdigits", "pdigits"), scenario="auto"):
+    return build_tasks(parse_task_sequence(list(tokens)), "unused", None, False, scenario, None, torch.device("cpu"))
+
+
+def _ctx(model, data, index=0, optimizer=None):
+    return TaskContext(index, data, model, optimizer, _forward, lambda logits, tasks: logits, batch_size=64, seed=0,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def _trained(name, **kw):
+    """A model moved away from its initialisation, so gradients are not degenerate."""
+    torch.manual_seed(0)
+    model = create_model(name, **kw)
+    data = _data(("pdigits",))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for batch in data.tasks[0].batches("train", 100, torch.Generator().manual_seed(0)):
+        opt.zero_grad()
+        F.cross_entropy(model(batch.x), batch.y).backward()
+        opt.step()
+    return model.eval(), data
+
+
+def _independent_fisher(model, params, batch, labels):
+    """Mean over samples, one forward and backward each (batch of one), of the squared log-likelihood gradient."""
+    fisher = [torch.zeros_like(p) for p in params]
+    for i in range(len(batch)):
+        x = batch.x[i:i + 1]
+        with torch.no_grad():
+            probs = F.softmax(model(x), 1)[0]
+        targets = range(probs.numel()) if labels == FisherLabels.exact else [int(batch.y[i])]
+        for c in targets:
+            weight = probs[c] if labels == FisherLabels.exact else 1.0
+            grads = torch.autograd.grad(-F.log_softmax(model(x), 1)[0, c], params, allow_unused=True)
+            for f, g in zip(fisher, grads, strict=True):
+                if g is not None:
+                    f += weight * g.square()
+    return [f / len(batch) for f in fisher]
+
+
+@pytest.mark.parametrize("name, kw", [("bnn", MLP), ("bvit_full_ln", VIT)])
+@pytest.mark.parametrize("labels", [FisherLabels.empirical, FisherLabels.exact])
+def test_fisher_equals_an_independent_per_sample_computation(name, kw, labels):
+    model, data = _trained(name, **kw)
+    params = shared_parameters(model)
+    batch = data.tasks[0].batch_at("train", torch.arange(12))
+    ours = fisher_diagonal(model, params, [batch], _forward, torch.ones(1, 10, dtype=torch.bool), labels)
+    reference = _independent_fisher(model, params, batch, labels)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # the square of a batch-mean gradient is far smaller: the weak Fisher the issue measured
+    model.zero_grad()
+    F.cross_entropy(model(batch.x), batch.y).backward()
+    weak = params[0].grad.square().sum()
+    assert weak < 0.5 * ours[0].sum()
+
+
+def test_ewc_penalises_neither_per_task_nor_frozen_parameters():
+    model = create_model("bnn", **MLP)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in shared_parameters(model)) == ["fc1.bias", "fc1.weight", "fc2.bias",
+                                                                       "fc2.weight", "fc3.bias", "fc3.weight"]
+    vit = create_model("bvit_full_ln", **VIT)
+    assert not any("norm" in n for n, p in vit.named_parameters() if any(p is q for q in shared_parameters(vit)))
+
+
+def _ewc_after_two_tasks(mode):
+    model, data = _trained("bnn", **MLP)
+    ewc = EWC(model, strength=4.0, mode=mode, decay=0.5, fisher="empirical", fisher_samples=32)
+    ctx = _ctx(model, data)
+    assert ewc.loss(ctx, None, None) is None  # nothing to protect before the first task ends
+    ewc.after_task(ctx)
+    first_anchor, first_fisher = [a.clone() for a in ewc.anchors[0]], [f.clone() for f in ewc.fishers[0]]
+    assert ewc.loss(ctx, None, None).item() == 0.0  # zero at the anchor
+    with torch.no_grad():
+        model.fc1.weight.add_(0.1)
+    ewc.after_task(ctx)
+    return model, ewc, ctx, first_anchor, first_fisher
+
+
+def test_separate_ewc_keeps_one_anchor_and_fisher_per_task():
+    model, ewc, ctx, first_anchor, first_fisher = _ewc_after_two_tasks("separate")
+    assert len(ewc.anchors) == len(ewc.fishers) == 2
+    with torch.no_grad():
+        model.fc1.weight.add_(0.1)
+    params = ewc.params
+    expected = sum(2.0 * (f * (p - a) ** 2).sum() for anchor, fisher in zip(ewc.anchors, ewc.fishers, strict=True)
+                   for p, a, f in zip(params, anchor, fisher, strict=True))
+    assert ewc.loss(ctx, None, None).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(ewc.anchors[0], first_anchor, strict=True))
+
+
+def test_online_ewc_keeps_one_decayed_fisher_and_the_latest_anchor():
+    model, ewc, ctx, first_anchor, first_fisher = _ewc_after_two_tasks("online")
+    assert len(ewc.anchors) == len(ewc.fishers) == 1
+    assert torch.equal(ewc.anchors[0][0], model.fc1.weight.detach())
+    model.eval()
+    second = fisher_diagonal(model, ewc.params, [ctx.data.tasks[0].batch_at("train", torch.arange(32))], _forward,
+                             torch.ones(1, 10, dtype=torch.bool), FisherLabels.empirical)
+    assert ewc.fishers[0][0].shape == second[0].shape
+    # F* = decay * F_1 + F_2, with F_2 measured on the same kind of sample as F_1
+    assert torch.all(ewc.fishers[0][0] >= 0.5 * first_fisher[0] - 1e-9)
+
+
+def test_si_importance_accumulates_only_along_the_path_travelled():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    si = SI(model, strength=1.0, damping=0.5)
+    ctx = _ctx(model, None)
+    si.before_task(ctx)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    frozen_col = model.weight[:, 2].detach().clone()
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    x[:, 2] = 0.0  # the third input never carries signal: its weights get no gradient, never move
+    start = [p.detach().clone() for p in model.parameters()]
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        before = [p.detach().clone() for p in model.parameters()]
+        si.before_step(ctx)
+        opt.step()
+        si.after_step(ctx, None)
+        for e, g, b, p in zip(expected, grads, before, model.parameters(), strict=True):
+            e -= g * (p.detach() - b)
+    for got, e in zip(si.path, expected, strict=True):
+        torch.testing.assert_close(got, e)
+    si.after_task(ctx)
+    assert torch.equal(model.weight[:, 2].detach(), frozen_col)
+    assert torch.all(si.importance[0][:, 2] == 0)  # no path, no importance
+    assert torch.all(si.importance[0][:, :2] > 0)
+    delta = [(p.detach() - s) ** 2 + 0.5 for p, s in zip(model.parameters(), start, strict=True)]
+    torch.testing.assert_close(si.importance[0], (expected[0] / delta[0]).clamp_min(0))
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert si.loss(ctx, None, None).item() == pytest.approx((si.importance[0] * 1.0).sum().item(), rel=1e-5)
+
+
+def test_replay_fills_a_reservoir_and_replays_it_into_every_batch():
+    data = _data()
+    model = create_model("bnn", **MLP)
+    replay = Replay(model, buffer_size=50, replay_batch_size=20)
+    ctx = _ctx(model, data, index=0)
+    stream = data.tasks[0].batches("train", 30, torch.Generator().manual_seed(0))
+    sizes = []
+    for batch in replay.train_batches(ctx, stream):
+        sizes.append(len(batch))
+        replay.after_step(ctx, batch)
+    assert sizes[0] == 30 and set(sizes[1:-1]) == {50}  # the stream part, plus 20 replayed from the buffer
+    assert len(replay.tasks) == 50 and replay.seen == len(data.tasks[0].splits["train"])
+    ctx1 = _ctx(model, data, index=1)
+    for batch in replay.train_batches(ctx1, data.tasks[1].batches("train", 30, torch.Generator().manual_seed(1))):
+        replay.after_step(ctx1, batch)
+        assert batch.task[:replay._stream].tolist() == [1] * replay._stream  # the stream part is task 2
+    assert 10 < replay.tasks.count(0) < 40  # reservoir: about half of each task after two equal tasks
+    replayed = next(replay.train_batches(ctx1, data.tasks[1].batches("train", 30)))
+    slot = [i for i, t in enumerate(replayed.task.tolist()) if t == 0][0]
+    expected = data.tasks[0].batch_at("train", replayed.index[slot:slot + 1])
+    assert torch.equal(replayed.x[slot], expected.x[0]) and replayed.y[slot] == expected.y[0]
+    state = replay.state_dict()
+    again = Replay(model, buffer_size=50, replay_batch_size=20)
+    again.load_state_dict(state)
+    assert (again.tasks, again.positions, again.seen) == (replay.tasks, replay.positions, replay.seen)
+    with pytest.raises(UserError, match="buffer_size must be >= 1"):
+        from metaplastic_vit.strategies.replay import ReplayConfig
+
+        ReplayConfig(buffer_size=0)
+
+
+def test_lwf_distils_the_previous_model_on_the_earlier_tasks_outputs():
+    data = _data(("digits-5",), scenario="class")
+    model, _ = _trained("dnn", **MLP)
+    lwf = LwF(model, strength=2.0, temperature=2.0)
+    ctx = _ctx(model, data, index=2)
+    lwf.before_task(ctx)
+    assert lwf.units.tolist() == [0, 1, 2, 3]
+    batch = data.tasks[2].batch_at("train", torch.arange(8))
+    with torch.no_grad():
+        model.fc1.weight.add_(0.05)
+    logits = model(batch.x)
+    with torch.no_grad():
+        old = lwf.old(batch.x)[:, :4] / 2
+    expected = -2.0 * (F.softmax(old, 1) * F.log_softmax(logits[:, :4] / 2, 1)).sum(1).mean()
+    torch.testing.assert_close(lwf.loss(ctx, batch, logits), expected)
+    assert not any(p.requires_grad for p in lwf.old.parameters())
+
+
+def test_joint_batches_mix_every_task():
+    data = _data(("pdigits", "pdigits", "pdigits"))
+    batches = list(Joint(None).train_batches(_ctx(None, data), iter(())))
+    assert len(batches) == min(len(batch_bounds(len(t.splits["train"]), 21)) for t in data.tasks)
+    assert torch.bincount(batches[0].task).tolist() == [21, 21, 21]
+
+
+def test_per_task_state_round_trip():
+    model = create_model("bnn", **MLP)
+    bank = PerTaskState(model, ["bn*"])
+    assert set(bank.modules) == {"bn1", "bn2", "bn3"}
+    ctx = _ctx(model, None)
+    bank.after_task(ctx)
+    assert bank.task_state(1) is None  # not learned yet: the live state is its own
+    with torch.no_grad():
+        model.bn1.weight.add_(1.0)
+    weight = model.bn1.weight
+    with bank.task_state(0):
+        assert model.bn1.weight is weight and torch.equal(model.bn1.weight, torch.ones(24))
+    assert torch.equal(model.bn1.weight, torch.full((24,), 2.0))
+    with pytest.raises(UserError, match="match no module"):
+        PerTaskState(model, ["ln*"])
+
+
+def test_batches_know_their_task_and_positions():
+    data = _data()
+    batch = next(data.tasks[1].batches("train", 10))
+    assert isinstance(batch, Batch) and batch.task.tolist() == [1] * 10 and batch.index.tolist() == list(range(10))

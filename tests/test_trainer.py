@@ -1,0 +1,170 @@
+"""The training loop with small fake plugins, and exact resumption of every strategy."""
+
+import pytest
+import torch
+from conftest import run, tiny
+
+from metaplastic_vit.data import build_tasks, parse_task_sequence
+from metaplastic_vit.models import create_model
+from metaplastic_vit.optim import metaplastic_adam
+from metaplastic_vit.record import RunRecord
+from metaplastic_vit.strategies.base import Plugin
+from metaplastic_vit.trainer import ContinualTrainer, Precision, TrainSettings
+
+
+class Recorder(Plugin):
+    """Records the hooks the trainer calls, in order."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.calls = []
+        self.steps = 0
+
+    def before_task(self, ctx):
+        self.calls.append(("before_task", ctx.index))
+
+    def after_task(self, ctx):
+        self.calls.append(("after_task", ctx.index))
+
+    def after_step(self, ctx, batch):
+        self.steps += 1
+
+    def start(self, record, resumed):
+        self.calls.append(("start", resumed))
+
+    def epoch(self, epoch, record):
+        self.calls.append(("epoch", epoch.task, epoch.epoch))
+
+    def task_end(self, record):
+        self.calls.append(("task_end", len(record.acc_matrix)))
+
+    def finish(self, record):
+        self.calls.append(("finish", record.status))
+
+    def close(self):
+        self.calls.append(("close",))
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+class Freeze(Plugin):
+    """An extra loss term that pins the head to zero, and a stream of only the first batch."""
+
+    name = "freeze"
+
+    def train_batches(self, ctx, batches):
+        yield next(iter(batches))
+
+    def loss(self, ctx, batch, logits):
+        return 1e6 * ctx.model.head.weight.square().sum()
+
+
+class SecretState(Plugin):
+    """Per-task state for task 0 only: the head zeroed (a task-aware test then predicts class 0)."""
+
+    name = "secret"
+
+    def task_state(self, task):
+        if task != 0:
+            return None
+        head = self.model.head
+
+        class Swap:
+            def __enter__(self):
+                self.saved = head.weight.detach().clone(), head.bias.detach().clone()
+                head.weight.data.zero_()
+                head.bias.data.zero_()
+
+            def __exit__(self, *exc):
+                head.weight.data.copy_(self.saved[0])
+                head.bias.data.copy_(self.saved[1])
+        return Swap()
+
+
+def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), **settings):
+    torch.manual_seed(0)
+    data = build_tasks(parse_task_sequence(tokens), "unused", None, False, "auto", None, torch.device("cpu"))
+    model = create_model("vit", num_classes=data.num_classes, img_size=8, in_chans=1, patch_size=4, embed_dim=8,
+                         depth=1, num_heads=2)
+    for p in plugins:
+        p.model = model
+    template = RunRecord(status="running", config={"epochs_per_task": epochs}, tasks=[], scenario="domain",
+                         net="vit", meta=0.0, seed=0, strategy="test")
+    make = lambda m: metaplastic_adam(m, lr=0.01, weight_decay=0.0, meta=0.0)  # noqa: E731
+    return ContinualTrainer(model, data, make, plugins, TrainSettings(epochs, batch_size=200, **settings),
+                            tmp_path, "fp", template)
+
+
+def test_hooks_are_called_in_order(tmp_path):
+    rec = Recorder()
+    record = _trainer(tmp_path, [rec]).run()
+    assert record.status == "completed"
+    assert rec.calls == [("start", False), ("before_task", 0), ("epoch", 0, 0), ("after_task", 0), ("epoch", 0, 1),
+                         ("task_end", 1), ("before_task", 1), ("epoch", 1, 0), ("after_task", 1), ("epoch", 1, 1),
+                         ("task_end", 2), ("finish", "completed"), ("close",)]
+    assert rec.steps == 4 * 7  # 1294 training samples in batches of 200 (the last one merged)
+
+
+def test_extra_loss_terms_and_train_streams_reach_the_optimizer(tmp_path):
+    rec = Recorder()
+    frozen = _trainer(tmp_path / "a", [Freeze(), rec])
+    frozen.run()
+    assert rec.steps == 4  # one batch per epoch: the stream came from the plugin
+    free = _trainer(tmp_path / "b", [])
+    free.run()
+    assert frozen.model.head.weight.norm() < 0.5 * free.model.head.weight.norm()  # the penalty pulled it to 0
+
+
+def test_task_state_is_used_only_by_the_task_aware_test(tmp_path):
+    record = _trainer(tmp_path, [SecretState()]).run()
+    assert record.acc_matrix_task_aware[-1][1] == record.acc_matrix[-1][1]
+    assert record.acc_matrix_task_aware[-1][0] != record.acc_matrix[-1][0]
+    trainer = _trainer(tmp_path / "task", [SecretState()], checkpoint=False)
+    trainer.data.scenario = type(trainer.data.scenario)("task")
+    done = trainer.run()
+    assert done.acc_matrix == done.acc_matrix_task_aware  # the task scenario tests with the task id
+
+
+def test_plugin_state_survives_a_resume(tmp_path):
+    rec = Recorder()
+    trainer = _trainer(tmp_path, [rec])
+    trainer.run()
+    again = Recorder()
+    _trainer(tmp_path, [again]).run()
+    assert again.steps == rec.steps and again.calls[0] == ("start", True)
+
+
+def test_fp16_precision_trains_with_a_gradient_scaler(tmp_path):
+    trainer = _trainer(tmp_path, [], epochs=1, tokens=("pdigits",), precision=Precision.fp16)
+    assert trainer.scaler is not None
+    assert trainer.run().status == "completed"
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("strategy", ["naive", "ewc", "si", "joint", "replay", "lwf"])
+def test_every_strategy_resumes_exactly(tmp_path, monkeypatch, strategy):
+    """Interrupted after the third epoch (mid-task 2), then run again: the same record as without interruption."""
+    args = tiny(f"strategy={strategy}", "net=bvit_full_ln", "epochs_per_task=2")
+    reference = run(tmp_path / "reference", *args)
+    original = ContinualTrainer._epoch
+
+    def stop_after_three(self):
+        original(self)
+        if len(self.state.epochs) == 3:
+            raise Stop
+    monkeypatch.setattr(ContinualTrainer, "_epoch", stop_after_three)
+    with pytest.raises(Stop):
+        run(tmp_path / "resumed", *args)
+    monkeypatch.setattr(ContinualTrainer, "_epoch", original)
+    resumed = run(tmp_path / "resumed", *args)
+    assert resumed.resumes == [{"task": 1, "epoch": 1}]
+    assert resumed.epochs == reference.epochs
+    assert resumed.acc_matrix == reference.acc_matrix and resumed.val_acc_matrix == reference.val_acc_matrix
