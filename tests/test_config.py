@@ -92,3 +92,18 @@ def test_hydras_multi_line_errors_become_one_line():
     with pytest.raises(HydraException) as info:
         config("net=foo")
     assert "\n" in str(info.value) and "\n" not in one_line(info.value)
+
+
+def test_every_named_sweep_composes_with_its_parameters():
+    from conftest import CONF, ROOT
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            full = compose("config", overrides=[f"+sweep={path.stem}"], return_hydra_config=True)
+        params = full.hydra.sweeper.get("params") or {}
+        for values in zip(*(str(v).split(",") for v in params.values()), strict=False):  # first, second, ...
+            cfg = config(f"+sweep={path.stem}", *(f"{k}={v}" for k, v in zip(params, values, strict=True)))
+            experiment.validate(cfg)
