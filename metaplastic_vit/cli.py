@@ -1,14 +1,16 @@
 """The command line: `metaplastic-vit [overrides]` (or `python run.py ...`) trains one experiment, `-m` sweeps.
 
 Examples: `python run.py`, `python run.py -m net=bvit meta=0,0.5,1,1.35`, `python run.py -m +sweep=smoke`.
-Bad input ends with one `error: ...` line on stderr and exit code 2, a failed training (NaN loss) with
-exit code 3 (HYDRA_FULL_ERROR=1 shows tracebacks).
+Every failure ends with one `error: ...` line on stderr (HYDRA_FULL_ERROR=1 shows tracebacks) and an exit code:
+2 bad input, 3 training failed (NaN loss), 4 the machine failed the run (disk, permissions), 128 + n stopped by
+signal n (SIGINT, SIGTERM, SIGHUP stop after the current batch; the last checkpoint is kept).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 # OpenMP's default active spin-wait made 2 threads far slower than 1 on small models (benchmarks/RESULTS.md);
@@ -24,7 +26,8 @@ from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from .config import register  # noqa: E402
-from .errors import TrainingFailedError, UserError, one_line  # noqa: E402
+from .errors import EnvironmentFaultError, TrainingFailedError, UserError, one_line  # noqa: E402
+from .runtime import InterruptedRunError, Interrupts  # noqa: E402
 
 register()
 log = logging.getLogger("run")
@@ -42,17 +45,48 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     local = "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    # submitit owns SIGTERM in its jobs (Slurm's requeue after USR2); everywhere else it stops the run cleanly
+    signals = (signal.SIGINT, signal.SIGHUP) if os.environ.get("SUBMITIT_EXECUTOR") else STOP_SIGNALS
     try:
-        sweep_id = f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}" if hydra_cfg.mode == RunMode.MULTIRUN else None
-        record = run_experiment(cfg, hydra_cfg.runtime.output_dir, sweep=sweep_id,
-                                launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None)
-    except (UserError, TrainingFailedError) as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; say which job failed now
-            log.error("error: %s", exc)
+        with Interrupts(signals) as interrupts:
+            record = run_experiment(
+                cfg, hydra_cfg.runtime.output_dir, sweep=f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}"
+                if multirun else None, launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None,
+                hydra_files={"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg},
+                             "overrides.yaml": list(hydra_cfg.overrides.task)}, interrupts=interrupts)
+    except (UserError, TrainingFailedError, EnvironmentFaultError, InterruptedRunError, OSError) as exc:
+        if multirun:  # the sweep goes on; say which job failed now
+            log.error("error: %s", message(exc))
             raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2 if isinstance(exc, UserError) else 3) from None
+        print(f"error: {message(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(exit_code(exc)) from None
     return record.val_avg_acc
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def message(exc: BaseException) -> str:
+    """The one line a user sees for an error: the cause and what to do."""
+    if isinstance(exc, InterruptedRunError):
+        return f"interrupted by {exc}: the last checkpoint is kept; run the same command again to resume"
+    if isinstance(exc, OSError) and not isinstance(exc, EnvironmentFaultError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return (f"{exc.strerror or exc}{where}; make the output and data directories readable and writable "
+                "(paths.output_dir, paths.data_dir) and free space if the disk is full")
+    return one_line(exc)
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 bad input, 3 training failed (NaN), 4 the machine failed the run, 128 + n stopped by signal n."""
+    if isinstance(exc, InterruptedRunError):
+        return 128 + exc.signum
+    if isinstance(exc, UserError):
+        return 2
+    if isinstance(exc, TrainingFailedError):
+        return 3
+    return 4
 
 
 def cli() -> None:
@@ -63,9 +97,25 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     try:
         main()
-    except (UserError, HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except TrainingFailedError as exc:  # a sweep job failed; its results.json says why
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(3)
+    except (UserError, TrainingFailedError, EnvironmentFaultError, InterruptedRunError, OSError) as exc:
+        print(f"error: {message(exc)}", file=sys.stderr, flush=True)  # e.g. a sweep job failed: its results say why
+        sys.exit(exit_code(exc))
+    except Exception as exc:
+        if type(exc).__name__ != "FailedJobError":  # submitit's: sbatch refused the jobs
+            raise
+        print(f"error: {slurm_refusal(str(exc))}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def slurm_refusal(stderr: str) -> str:
+    """sbatch's refusal as one line with what to set."""
+    reason = next((ln.strip() for ln in stderr.splitlines() if "error" in ln.lower()), stderr.strip())
+    if "gres" in reason.lower():
+        return (f"Slurm refused the jobs ({reason}): this cluster or partition has no GPUs to give; set "
+                "hydra.launcher.gpus_per_node=0 (or METAPLASTIC_SLURM_GPUS=0) for CPU jobs, or choose a GPU "
+                "partition with hydra.launcher.partition=...")
+    return (f"Slurm refused the jobs ({reason}); check hydra.launcher.partition, account, qos, gpus_per_node, "
+            "cpus_per_task, mem_gb and timeout_min (or the METAPLASTIC_SLURM_* variables)")

@@ -13,6 +13,10 @@ class TrainingFailedError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); results.json says `failed` and the last checkpoint is kept."""
 
 
+class EnvironmentFaultError(RuntimeError):
+    """The machine failed the run (disk full, read-only or unreadable files); the last checkpoint is kept."""
+
+
 def one_line(exc: BaseException) -> str:
     """A Hydra/OmegaConf composition error (multi-line, with search paths) as one readable line."""
     text = str(exc)

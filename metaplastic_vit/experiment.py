@@ -14,11 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .config import validate
-from .data import build_tasks, parse_task_sequence
+from .config import Config, validate
+from .data import Task, build_tasks, parse_task_sequence
 from .errors import UserError
 from .models import resolve_spec
 from .record import NON_SCIENTIFIC, RunRecord
+from .runtime import Interrupts, RunDirectory
 from .strategies.base import Plugin
 from .strategies.diagnostics import Diagnostics
 from .strategies.per_task import PerTaskState
@@ -87,19 +88,31 @@ def build_plugins(cfg: DictConfig, model: nn.Module, run_dir: Path) -> list[Plug
     return plugins
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None,
-                   sweep: str | None = None) -> RunRecord:
-    """Validate `cfg`, build data, model, optimizer, plugins and sinks, train, and return the record.
+def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None, sweep: str | None = None,
+                   hydra_files: dict[str, Any] | None = None, interrupts: Interrupts | None = None) -> RunRecord:
+    """Validate `cfg`, take the run directory, build data, model, optimizer, plugins and sinks, train, and
+    return the record.
 
     `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use;
-    `sweep`: names the multirun this job belongs to (the default W&B group).
+    `sweep`: names the multirun this job belongs to (the default W&B group); `hydra_files`: Hydra's record
+    of the config, written once the run owns its directory; `interrupts`: signals that stop the run.
     """
     settings = validate(cfg)
     resolve_spec(cfg.net.name)  # an unknown net is refused before any data is loaded
     tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
-    run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     precision = resolve_precision(settings.precision, device)
+    with RunDirectory(run_dir) as owned:
+        trainer = _build(cfg, settings, tasks, device, precision, owned.path, launcher_cpus, sweep, interrupts)
+        trainer.restore()  # refuses another experiment's checkpoint before anything is written
+        owned.accept(hydra_files)
+        return trainer.run()
+
+
+def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.device, precision: Precision,
+           run_dir: Path, launcher_cpus: int | None, sweep: str | None, interrupts: Interrupts | None
+           ) -> ContinualTrainer:
+    """Data, model, optimizer, plugins and sinks, assembled into the trainer."""
     data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, settings.data.scenario,
                        cfg.net.get("img_size"), device, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -116,6 +129,5 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
                           eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
                           fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,
                           seed=cfg.seed)
-    trainer = ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
-                               fingerprint(cfg, precision), template)
-    return trainer.run()
+    return ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
+                            fingerprint(cfg, precision), template, interrupts.check if interrupts else None)

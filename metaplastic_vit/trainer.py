@@ -26,8 +26,9 @@ from torch import nn
 
 from .atomic import save_torch
 from .data import Batch, Scenario, TaskData, TaskSet
-from .errors import TrainingFailedError, UserError
+from .errors import EnvironmentFaultError, TrainingFailedError, UserError
 from .record import EpochRecord, RunRecord
+from .runtime import InterruptedRunError
 from .strategies.base import Plugin, TaskContext
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ class ContinualTrainer:
     """Trains `model` on `data.tasks` in order and measures every task after every epoch.
 
     `make_optimizer(model)` builds the optimizer (at every task when `fresh_optimizer`); `plugins` get the
-    loop's hooks in order; `template` holds the record's fixed fields (config, net, meta, ...).
+    loop's hooks in order; `template` holds the record's fixed fields (config, net, meta, ...);
+    `stop_check()` is called between batches and raises to stop the run (runtime.Interrupts.check).
     """
 
     def __init__(self, model: nn.Module, data: TaskSet, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
                  plugins: Sequence[Plugin], settings: TrainSettings, run_dir: str | Path, fingerprint: str,
-                 template: RunRecord) -> None:
+                 template: RunRecord, stop_check: Callable[[], None] | None = None) -> None:
         self.model = model
         self.data = data
         self.make_optimizer = make_optimizer
@@ -121,6 +123,10 @@ class ContinualTrainer:
         self.run_dir = Path(run_dir)
         self.fingerprint = fingerprint
         self.template = template
+        self.stop_check = stop_check or (lambda: None)
+        self.resumed = False
+        self._current = (0, 0)  # the epoch being trained (task, epoch)
+        self._saved: tuple[int, int] | None = None  # the epoch of the newest checkpoint
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.masks = data.task_masks
@@ -173,9 +179,10 @@ class ContinualTrainer:
             "torch_rng": torch.get_rng_state(),
         })
 
-    def _restore(self) -> bool:
-        """Load the checkpoint if there is one; refuse one from a different experiment."""
-        if not self.checkpoint_path.exists():
+    def restore(self) -> bool:
+        """Load the checkpoint if there is one (and checkpoints are on); refuse one from a different experiment.
+        Returns whether the run resumes."""
+        if not self.s.checkpoint or not self.checkpoint_path.exists():
             return False
         try:
             ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
@@ -198,6 +205,9 @@ class ContinualTrainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.state.next_task < len(self.data.tasks):
             self.optimizer.load_state_dict(ckpt["optimizer"])
+        last = self.state.epochs[-1]
+        self._saved = (last.task, last.epoch)
+        self.resumed = True
         return True
 
     # ------------------------------------------------------------------ train and test
@@ -215,6 +225,7 @@ class ContinualTrainer:
             batches = plugin.train_batches(ctx, batches)
         optimizer = self.optimizer
         for batch in batches:
+            self.stop_check()
             logits = self.forward(self.model, batch.x)
             masked = self.train_logits(logits, batch.task)
             loss = F.cross_entropy(masked, batch.y)
@@ -320,30 +331,52 @@ class ContinualTrainer:
         for plugin in self.plugins:
             getattr(plugin, hook)(*args)
 
+    def _finish(self, status: str, reason: str) -> None:
+        """Tell the sinks how the run ended, as far as the disk allows (a full disk may refuse even that)."""
+        record = self.record(status, reason)
+        for plugin in self.plugins:
+            try:
+                plugin.finish(record)
+            except OSError as exc:
+                log.warning("could not record that the run %s (%s)", status, exc)
+
+    def _where(self) -> str:
+        """Where the run stopped and which checkpoint is kept, in words (1-based)."""
+        task, epoch = self._current
+        kept = (f"the checkpoint after task {self._saved[0] + 1} epoch {self._saved[1] + 1}" if self._saved
+                else "no checkpoint yet")
+        return f"at task {task + 1} epoch {epoch + 1} ({kept})"
+
     def run(self) -> RunRecord:
-        """Train every task (resuming if a checkpoint exists) and return the record."""
+        """Train every task from where `restore` left off and return the record; sinks are closed after."""
         try:
             return self._run()
         finally:
             self._emit("close")
 
     def _run(self) -> RunRecord:
-        resumed = self.s.checkpoint and self._restore()
         st = self.state
-        if resumed:
+        if self.resumed:
             st.resumes.append({"task": st.next_task, "epoch": st.next_epoch})
             log.info("resuming from %s at task %d epoch %d", self.checkpoint_path, st.next_task + 1,
                      st.next_epoch + 1)
-        self._emit("start", self.record("running"), resumed)
-        if st.initial_acc is None:
-            st.initial_acc = self.evaluate().test  # random-init accuracy, for FWT
-        tasks = self.data.tasks
+        self._emit("start", self.record("running"), self.resumed)
         try:
-            while st.next_task < len(tasks):
+            if st.initial_acc is None:
+                st.initial_acc = self.evaluate().test  # random-init accuracy, for FWT
+            while st.next_task < len(self.data.tasks):
                 self._epoch()
         except NonFiniteLossError as exc:
-            self._emit("finish", self.record("failed", f"{exc}; the last good checkpoint is kept"))
+            self._finish("failed", f"{exc}; the last good checkpoint is kept")
             raise
+        except InterruptedRunError as exc:
+            self._finish("interrupted", f"stopped by {exc} {self._where()}; run the same command again to resume")
+            raise
+        except OSError as exc:
+            what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            reason = f"{what} {self._where()}; free space or fix permissions, then run the same command again"
+            self._finish("failed", reason)
+            raise EnvironmentFaultError(reason) from exc
         record = self.record("completed")
         self._emit("finish", record)
         return record
@@ -352,6 +385,7 @@ class ContinualTrainer:
         """Train and test one epoch of the current task, then checkpoint and tell the sinks."""
         st = self.state
         i = st.next_task
+        self._current = (i, st.next_epoch)
         if st.next_epoch == 0 and i > 0 and self.s.fresh_optimizer:
             self.optimizer = self._new_optimizer()
         for group in self.optimizer.param_groups:
@@ -379,6 +413,7 @@ class ContinualTrainer:
         st.next_task, st.next_epoch = (i + 1, 0) if last_epoch else (i, st.next_epoch + 1)
         if self.s.checkpoint:
             self._save()
+            self._saved = (epoch.task, epoch.epoch)
         record = self.record("running")
         self._emit("epoch", epoch, record)
         if last_epoch:

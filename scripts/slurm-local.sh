@@ -2,7 +2,7 @@
 # Bring up / tear down a real one-node Slurm cluster on localhost from the
 # Debian/Ubuntu packages, for the launcher tests and CI.
 #
-#   eval "$(scripts/slurm-local.sh up)"   # install if needed, start, print `export SLURM_CONF=...`
+#   eval "$(scripts/slurm-local.sh up)"   # install if needed, start, print the exports its jobs need
 #   scripts/slurm-local.sh status         # daemons, sinfo, squeue (exit 1 when not healthy)
 #   scripts/slurm-local.sh down           # stop what `up` started (harmless when nothing is up)
 #
@@ -51,6 +51,12 @@ live_pid() {
     pid=$(<"$f")
     alive "$pid" "$1" || return 1
     echo "$pid"
+}
+
+# What `up` and `status` print: the cluster's config, and the launcher settings this node can satisfy
+# (no GPUs, one CPU and 2 GB per job: the launcher's defaults ask for a GPU node).
+exports() {
+    echo "export SLURM_CONF=$CONF METAPLASTIC_SLURM_GPUS=0 METAPLASTIC_SLURM_CPUS=1 METAPLASTIC_SLURM_MEM_GB=2"
 }
 
 node_state() { SLURM_CONF=$CONF sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
@@ -215,7 +221,7 @@ cmd_up() {
     [[ $EUID -eq 0 ]] || die "must run as root"
     if healthy; then
         log "already up (node $NODE $(node_state))"
-        echo "export SLURM_CONF=$CONF"
+        exports
         return 0
     fi
     cmd_down  # clean up a half-up cluster (a daemon died)
@@ -235,7 +241,7 @@ cmd_up() {
     while ((SECONDS - t0 < TIMEOUT)); do
         if healthy; then
             log "up: node $NODE $(node_state)"
-            echo "export SLURM_CONF=$CONF"
+            exports
             return 0
         fi
         state=$(node_state)
@@ -299,7 +305,7 @@ cmd_status() {
     export SLURM_CONF=$CONF
     sinfo >&2
     squeue >&2
-    echo "export SLURM_CONF=$CONF"
+    exports
 }
 
 case ${1:-} in

@@ -18,10 +18,16 @@ def test_corrupt_dataset_file_is_named(tmp_path):
 
 def test_other_experiments_checkpoint_is_not_resumed(tmp_path):
     run(tmp_path, *tiny())
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def files():  # everything but the lock, which names whoever holds the directory
+        return {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*")
+                if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    assert {"results.json", "checkpoint.pt", "metrics.csv", "run.log"} <= {str(p) for p in before}
     with pytest.raises(UserError, match="holds a checkpoint of a different experiment.*refusing to resume"):
         run(tmp_path, *tiny("lr=0.01"))
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert files() == before
 
 
 def test_parallel_sweep_jobs_share_nothing_but_a_safe_cache(cli, tmp_path):

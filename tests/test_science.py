@@ -1,12 +1,25 @@
-"""The paper's effect, end to end (slow: run with `make test-all` or `pytest -m slow`).
+"""The paper's effect, end to end, tested without the task id.
 
-A regression that silently disables metaplasticity (the seed's code multiplied meta by 0) fails here.
+A regression that silently disables metaplasticity (the seed's code multiplied meta by 0) fails here: the
+short check runs in every `make test`, the budget-sized ones with `make test-all` (`slow`).
 """
 
 import pytest
 from conftest import run
 
-pytestmark = pytest.mark.slow
+
+def test_metaplasticity_keeps_the_first_task_short(tmp_path):
+    """bnn 64-128-128-10, two permuted digits tasks of 5 epochs: meta 50 keeps task 1, meta 0 forgets it."""
+    first = {}
+    for meta in (0, 50):
+        record = run(tmp_path / f"meta{meta}", "net=bnn", "net.hidden=[128,128]", f"meta={meta}",
+                     "epochs_per_task=5", "task_sequence=[pdigits,pdigits]", "logger.files.plots=false",
+                     "logger.console.progress=none", "threads=1")
+        assert record.scenario == "domain"  # no task id at test
+        first[meta] = record.acc_matrix[-1][0]
+        newest = record.acc_matrix[-1][-1]
+    assert first[0] < 30 and first[50] > first[0] + 30, first
+    assert newest > 70
 
 
 def _first_and_newest(tmp_path, net, meta, *extra):
@@ -15,6 +28,7 @@ def _first_and_newest(tmp_path, net, meta, *extra):
     return record.acc_matrix[-1][0], record.acc_matrix[-1][-1]
 
 
+@pytest.mark.slow
 def test_strong_meta_keeps_the_first_task_in_the_paper_bnn(tmp_path):
     """bnn 64-512-512-10, three permuted digits tasks, 20 epochs each, no task id at test: meta 50 vs 0."""
     plain_first, _ = _first_and_newest(tmp_path, "bnn", 0, "net.hidden=[512,512]")

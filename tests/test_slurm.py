@@ -120,6 +120,14 @@ def test_timed_out_job_is_requeued_and_completes(tmp_path):
     assert res["acc_matrix"] == expected["acc_matrix"]
 
 
+def test_a_gpu_request_on_a_cluster_without_gpus_is_one_error_line(tmp_path):
+    proc = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1", *RUN], tmp_path,
+                   env=SLURM_ENV, timeout=200)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "Invalid generic resource (gres) specification" in line and "hydra.launcher.gpus_per_node=0" in line
+
+
 def test_a_real_error_is_not_requeued(tmp_path):
     proc = run_cli(["-m", "hydra/launcher=slurm", "net=bvit", "lr=-1", "epochs_per_task=1"], tmp_path,
                    env=SLURM_ENV, timeout=200)

@@ -135,7 +135,9 @@ def test_plugin_state_survives_a_resume(tmp_path):
     trainer = _trainer(tmp_path, [rec])
     trainer.run()
     again = Recorder()
-    _trainer(tmp_path, [again]).run()
+    resumed = _trainer(tmp_path, [again])
+    assert resumed.restore()
+    resumed.run()
     assert again.steps == rec.steps and again.calls[0] == ("start", True)
 
 

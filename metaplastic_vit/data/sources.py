@@ -108,12 +108,19 @@ def load_dataset(
     root = Path(root).expanduser().resolve()
     key = (name, "" if info.reader is None else str(root))
     if key not in _MEMORY:
-        if info.reader is None:
-            _MEMORY[key] = _load_digits()
-        else:
-            default_cache = cache_dir is None
-            cache = root / ".cache" if cache_dir is None else Path(cache_dir).expanduser().resolve()
-            _MEMORY[key] = _load_cached(info, root, cache, download, default_cache)
+        try:
+            if info.reader is None:
+                _MEMORY[key] = _load_digits()
+            else:
+                default_cache = cache_dir is None
+                cache = root / ".cache" if cache_dir is None else Path(cache_dir).expanduser().resolve()
+                _MEMORY[key] = _load_cached(info, root, cache, download, default_cache)
+        except DataError:
+            raise
+        except OSError as exc:  # e.g. a folder of the layout that this user may not read
+            where = f": {exc.filename}" if exc.filename else ""
+            raise DataError(f"cannot read {name} under {root} ({exc.strerror or exc}{where}); make the files "
+                            "readable or point data.root elsewhere") from None
     return _MEMORY[key]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,15 @@ class ConsoleSink(Plugin):
         elif self.mode != Progress.none:
             print(line, file=self.stream, flush=True)
 
+    def _quiet(self) -> None:
+        """The reader went away (`python run.py | head -1`): training goes on without console output, and the
+        stream is pointed at /dev/null so that closing it at exit raises nothing either."""
+        self.mode, self.bar = Progress.none, None
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError):  # a stream without a file descriptor
+            pass
+
     def start(self, record: RunRecord, resumed: bool) -> None:  # noqa: D102
         if self.mode == Progress.bar:
             from tqdm import tqdm
@@ -81,6 +91,12 @@ class ConsoleSink(Plugin):
                             dynamic_ncols=True)
 
     def epoch(self, epoch: EpochRecord, record: RunRecord) -> None:  # noqa: D102
+        try:
+            self._progress(epoch, record)
+        except BrokenPipeError:
+            self._quiet()
+
+    def _progress(self, epoch: EpochRecord, record: RunRecord) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(f"task {epoch.task + 1} loss {epoch.train_loss:.3f} "
                                      f"seen {epoch.mean_seen_acc:.1f}%")
@@ -94,7 +110,10 @@ class ConsoleSink(Plugin):
     def finish(self, record: RunRecord) -> None:  # noqa: D102
         self.close()
         if self.mode != Progress.none and record.status == "completed":
-            describe(record, self._write)
+            try:
+                describe(record, self._write)
+            except BrokenPipeError:
+                self._quiet()
 
     def close(self) -> None:  # noqa: D102
         if self.bar is not None:
