@@ -55,7 +55,7 @@ def training_threads(model: object) -> int:
     from metaplastic_vit.experiment import set_threads
 
     torch.set_num_threads(os.cpu_count() or 1)
-    return set_threads(None, None, model, torch.device("cpu"))
+    return set_threads(None, None, model, torch.device("cpu"))[0]
 
 
 def median(values: Sequence[float]) -> float:  # noqa: D103

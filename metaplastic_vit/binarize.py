@@ -29,29 +29,34 @@ class BinaryScale(StrEnum):
 
 
 class _SignWeight(torch.autograd.Function):
-    """sign(w) forward; identity backward (the gradient for sign(W_h) is applied to W_h).
+    """alpha * sign(w) forward; backward hands alpha * the gradient to w (straight through the sign).
 
-    Written in the setup_context style with a generated vmap rule, so torch.func transforms (per-sample
-    gradients for EWC's Fisher) go through it.
+    Folding the output scale alpha into the +-1 weights costs a pass over the weight instead of one over
+    the (larger) output, forward and backward. Written in the setup_context style with a generated vmap
+    rule, so torch.func transforms (per-sample gradients for EWC's Fisher) go through it.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(w: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return torch.sign(w)
+    def forward(w: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:  # noqa: D102
+        return torch.sign(w) if isinstance(alpha, float) and alpha == 1.0 else torch.sign(w) * alpha
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
-        pass
+        ctx.alpha = inputs[1]
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return grad
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        alpha = ctx.alpha
+        return (grad if isinstance(alpha, float) and alpha == 1.0 else grad * alpha), None
 
 
 class _SignActivation(torch.autograd.Function):
-    """sign(x) forward; backward passes the gradient where |x| <= 1 (hardtanh straight-through)."""
+    """sign(x) forward; backward passes the gradient where |x| <= 1 (hardtanh straight-through).
+
+    Only a 1-byte mask of |x| <= 1 is kept for the backward pass, not the full-precision input.
+    """
 
     generate_vmap_rule = True
 
@@ -61,17 +66,17 @@ class _SignActivation(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
-        ctx.save_for_backward(inputs[0])
+        ctx.save_for_backward(inputs[0].abs() <= 1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        (inside,) = ctx.saved_tensors
+        return grad * inside.to(grad.dtype)
 
 
-def sign_weight(w: torch.Tensor) -> torch.Tensor:
-    """Binarize a hidden weight: sign(w), gradient passed straight through."""
-    return _SignWeight.apply(w)
+def sign_weight(w: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Binarize a hidden weight: alpha * sign(w), gradient (times alpha) passed straight through to w."""
+    return _SignWeight.apply(w, alpha)
 
 
 def sign_activation(x: torch.Tensor) -> torch.Tensor:
@@ -79,55 +84,84 @@ def sign_activation(x: torch.Tensor) -> torch.Tensor:
     return _SignActivation.apply(x)
 
 
-def _output_scale(weight: torch.Tensor, scale: BinaryScale) -> torch.Tensor | float | None:
-    """The factor a binary layer multiplies its output by, per output channel or global.
+def _weight_scale(weight: torch.Tensor, scale: BinaryScale) -> torch.Tensor | float:
+    """The factor the +-1 weights are multiplied by: global, or per output channel (shaped to broadcast).
 
     `fan_in` keeps the output variance of +-1 weights on +-1 inputs near 1; `mean_abs` is XNOR-Net's
-    per-output-channel mean |W_h| (detached: the weights multiplied by stay exactly sign(W_h)).
+    per-output-channel mean |W_h| (detached: the weights stay exactly sign(W_h) up to that factor).
     """
     if scale == BinaryScale.none:
-        return None
+        return 1.0
     if scale == BinaryScale.fan_in:
         return 1.0 / math.sqrt(weight[0].numel())
-    return weight.detach().abs().flatten(1).mean(1)
+    return weight.detach().abs().flatten(1).mean(1).view(-1, *([1] * (weight.dim() - 1)))
 
 
-class BinaryLinear(nn.Linear):
-    """nn.Linear whose forward uses sign(W_h); the parameter `weight` is the hidden weight W_h."""
+class _Binarized:
+    """What BinaryLinear and BinaryConv2d share: which of weight and input are binarized, and the scale."""
+
+    binary_weight: bool
+    binary_input: bool
+    scale: BinaryScale
+
+    def _setup(self, scale: BinaryScale | str, binary_weight: bool, binary_input: bool) -> None:
+        self.scale = _check_scale(scale)
+        self.binary_weight = binary_weight
+        self.binary_input = binary_input
+
+    def _operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = self.weight
+        grad = torch.is_grad_enabled()  # without autograd (testing) the same values, without the estimators
+        if self.binary_input:
+            x = sign_activation(x) if grad else torch.sign(x)
+        if self.binary_weight:
+            alpha = _weight_scale(weight, self.scale)
+            if grad:
+                weight = sign_weight(weight, alpha)
+            else:
+                weight = torch.sign(weight) if isinstance(alpha, float) and alpha == 1.0 else torch.sign(weight) * alpha
+        return x, weight.to(x.dtype)  # the sign is taken in fp32, so binary weights stay exact in any precision
+
+    def _describe(self) -> str:
+        parts = [f"binary_weight={self.binary_weight}", f"binary_input={self.binary_input}"]
+        if self.binary_weight:
+            parts.append(f"scale={self.scale.value}")
+        return ", ".join(parts)
+
+
+class BinaryLinear(_Binarized, nn.Linear):
+    """nn.Linear computing with scale * sign(W_h) and/or sign(x); the parameter `weight` is the hidden weight."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  scale: BinaryScale | str = BinaryScale.fan_in, device: torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, binary_weight: bool = True, binary_input: bool = False) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.scale = _check_scale(scale)
+        self._setup(scale, binary_weight, binary_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = F.linear(x, sign_weight(self.weight).to(x.dtype))
-        alpha = _output_scale(self.weight, self.scale)
-        if alpha is not None:
-            out = out * (alpha.to(out.dtype) if torch.is_tensor(alpha) else alpha)
+        x, weight = self._operands(x)
+        out = F.linear(x, weight)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"{super().extra_repr()}, scale={self.scale.value}"
+        return f"{super().extra_repr()}, {self._describe()}"
 
 
-class BinaryConv2d(nn.Conv2d):
-    """nn.Conv2d whose forward uses sign(W_h); the parameter `weight` is the hidden weight W_h."""
+class BinaryConv2d(_Binarized, nn.Conv2d):
+    """nn.Conv2d computing with scale * sign(W_h) and/or sign(x); the parameter `weight` is the hidden weight."""
 
-    def __init__(self, *args, scale: BinaryScale | str = BinaryScale.fan_in, **kwargs) -> None:
+    def __init__(self, *args: Any, scale: BinaryScale | str = BinaryScale.fan_in, binary_weight: bool = True,
+                 binary_input: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.scale = _check_scale(scale)
+        self._setup(scale, binary_weight, binary_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out = self._conv_forward(x, sign_weight(self.weight).to(x.dtype), None)
-        alpha = _output_scale(self.weight, self.scale)
-        if alpha is not None:
-            out = out * (alpha.to(out.dtype).view(1, -1, 1, 1) if torch.is_tensor(alpha) else alpha)
+        x, weight = self._operands(x)
+        out = self._conv_forward(x, weight, None)
         return out if self.bias is None else out + self.bias.to(out.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"{super().extra_repr()}, scale={self.scale.value}"
+        return f"{super().extra_repr()}, {self._describe()}"
 
 
 BINARY_LAYERS = (BinaryLinear, BinaryConv2d)
@@ -149,13 +183,18 @@ def _check_scale(scale: BinaryScale | str) -> BinaryScale:
 
 
 def _binarize_input_hook(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: binarize the first positional input of a module."""
+    """Forward pre-hook: binarize the first positional input of a module that is not a Linear/Conv2d."""
     return (sign_activation(args[0]), *args[1:])
 
 
 def has_binary_input(module: nn.Module) -> bool:
     """True when `module` binarizes its input (set by `binarize_model`)."""
     return getattr(module, "binary_input", False)
+
+
+def has_binary_weight(module: nn.Module) -> bool:
+    """True when `module` computes with the sign of its hidden weight."""
+    return isinstance(module, BINARY_LAYERS) and module.binary_weight
 
 
 def _match(names: Sequence[str], patterns: Iterable[str], what: str) -> list[str]:
@@ -170,20 +209,21 @@ def _match(names: Sequence[str], patterns: Iterable[str], what: str) -> list[str
     return matched
 
 
-def _to_binary(module: nn.Module, scale: BinaryScale) -> nn.Module:
-    """A binary twin of an nn.Linear / nn.Conv2d holding the same hidden weight and bias tensors."""
+def _binarized(module: nn.Module, scale: BinaryScale, weight: bool, inputs: bool) -> nn.Module:
+    """A BinaryLinear / BinaryConv2d twin of a Linear / Conv2d holding the same hidden weight and bias tensors,
+    binarizing its weight and/or input (what the module already binarizes stays binarized)."""
     if isinstance(module, BINARY_LAYERS):
+        module.binary_weight = module.binary_weight or weight
+        module.binary_input = module.binary_input or inputs
         return module
+    flags = dict(scale=scale, binary_weight=weight, binary_input=inputs, device=module.weight.device,
+                 dtype=module.weight.dtype)
     if type(module) is nn.Linear:
-        twin = BinaryLinear(module.in_features, module.out_features, bias=module.bias is not None, scale=scale,
-                            device=module.weight.device, dtype=module.weight.dtype)
-    elif type(module) is nn.Conv2d:
+        twin = BinaryLinear(module.in_features, module.out_features, bias=module.bias is not None, **flags)
+    else:
         twin = BinaryConv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
                             padding=module.padding, dilation=module.dilation, groups=module.groups,
-                            bias=module.bias is not None, padding_mode=module.padding_mode, scale=scale,
-                            device=module.weight.device, dtype=module.weight.dtype)
-    else:
-        raise UserError(f"cannot binarize the weights of a {type(module).__name__}; only Linear and Conv2d")
+                            bias=module.bias is not None, padding_mode=module.padding_mode, **flags)
     twin.weight = module.weight
     twin.bias = module.bias
     twin.train(module.training)
@@ -194,19 +234,26 @@ def binarize_model(model: nn.Module, binary_weights: Iterable[str] = (), binary_
                    scale: BinaryScale | str = BinaryScale.fan_in) -> nn.Module:
     """Binarize `model` in place by module-name patterns and return it.
 
-    `binary_weights`: modules (Linear/Conv2d) whose weights become sign(W_h), keeping their values as W_h.
-    `binary_inputs`: modules whose input activation is binarized with the straight-through sign.
+    `binary_weights`: modules (Linear/Conv2d) whose weights become scale * sign(W_h), keeping W_h as the
+    parameter. `binary_inputs`: modules whose input activation is binarized with the straight-through sign;
+    a Linear/Conv2d does it itself (BinaryLinear/BinaryConv2d), any other module through a forward pre-hook.
     Patterns are fnmatch globs on `named_modules()` names, e.g. ``blocks.*.mlp.fc1``.
     """
     scale = _check_scale(scale)
     names = [n for n, _ in model.named_modules()]
-    for name in _match(names, binary_weights, "binary_weights"):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, _to_binary(getattr(parent, child), scale))
-    for name in _match(names, binary_inputs, "binary_inputs"):
+    weights = _match(names, binary_weights, "binary_weights")
+    inputs = _match(names, binary_inputs, "binary_inputs")
+    for name in weights:
+        if type(model.get_submodule(name)) not in (nn.Linear, nn.Conv2d, *BINARY_LAYERS):
+            raise UserError(f"cannot binarize the weights of a {type(model.get_submodule(name)).__name__} "
+                            f"({name}); only Linear and Conv2d")
+    for name in dict.fromkeys([*weights, *inputs]):
         module = model.get_submodule(name)
-        if not has_binary_input(module):
+        if type(module) in (nn.Linear, nn.Conv2d, *BINARY_LAYERS):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child,
+                    _binarized(module, scale, weight=name in weights, inputs=name in inputs))
+        elif not has_binary_input(module):
             module.register_forward_pre_hook(_binarize_input_hook)
             module.binary_input = True
     return model
@@ -214,4 +261,4 @@ def binarize_model(model: nn.Module, binary_weights: Iterable[str] = (), binary_
 
 def binary_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The binary-weight layers of a model by name (for diagnostics and layer-wise settings)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, BINARY_LAYERS)}
+    return {name: m for name, m in model.named_modules() if has_binary_weight(m)}

@@ -37,20 +37,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Below this many parameters a CPU run is fastest on one thread: the per-op work is too small to share
-# (benchmarks/RESULTS.md).
+# Below this many parameters a CPU run trains fastest on one thread: the per-op work of a training batch is too
+# small to share (benchmarks/RESULTS.md); testing, in larger batches, still uses every core.
 ONE_THREAD_BELOW_PARAMS = 1_000_000
 
 
-def set_threads(threads: int | None, launcher_cpus: int | None, model: nn.Module, device: torch.device) -> int:
-    """Use the cores this job was given: `threads`, else Slurm's or the local launcher's cpus_per_task,
-    else one thread for a small model on the CPU, else torch's default (all cores). Returns the count."""
+def set_threads(threads: int | None, launcher_cpus: int | None, model: nn.Module, device: torch.device
+                ) -> tuple[int, int]:
+    """Use the cores this job was given: `threads`, else Slurm's or the local launcher's cpus_per_task, else
+    one thread to train a small model on the CPU (all cores to test it), else torch's default (all cores).
+    Returns the training and the testing thread counts."""
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or launcher_cpus
-    if not threads and device.type == "cpu" and sum(p.numel() for p in model.parameters()) < ONE_THREAD_BELOW_PARAMS:
-        threads = 1
     if threads:
         torch.set_num_threads(threads)
-    return torch.get_num_threads()
+        return threads, threads
+    cores = len(os.sched_getaffinity(0))
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < ONE_THREAD_BELOW_PARAMS:
+        torch.set_num_threads(1)
+        return 1, cores
+    return cores, cores
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -118,7 +123,7 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
                                                   in_chans=data.in_chans).to(device)
-    threads = set_threads(cfg.threads, launcher_cpus, model, device)
+    threads, eval_threads = set_threads(cfg.threads, launcher_cpus, model, device)
     plugins = build_plugins(cfg, model, run_dir)
     config = plain(cfg)
     template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value, net=cfg.net.name,
@@ -128,6 +133,6 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
                           eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
                           fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,
-                          seed=cfg.seed)
+                          seed=cfg.seed, eval_threads=eval_threads)
     return ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
                             fingerprint(cfg, precision), template, interrupts.check if interrupts else None)

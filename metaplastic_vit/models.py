@@ -36,19 +36,20 @@ class NetSpec:
     summary: str = ""
 
 
+# The attention's input (norm1's output) feeds only its qkv projection, so "blocks.*.attn.qkv" binarizes it.
 _BVIT_WEIGHTS = ("blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
-_BVIT_INPUTS = ("blocks.*.attn", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
+_BVIT_INPUTS = ("blocks.*.attn.qkv", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
 _ATTN_WEIGHTS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", *_BVIT_WEIGHTS)
-_ATTN_INPUTS = ("blocks.*.attn", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
+_ATTN_INPUTS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
 _FULL_WEIGHTS = ("patch_embed.proj", *_ATTN_WEIGHTS)
 _VIT_NORMS = ("blocks.*.norm1", "blocks.*.norm2", "norm")
 
 MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
     NetSpec("vit", "vit", summary="full-precision timm ViT (the seed's vit)"),
     # The seed's binarized ViT and hybrid: a module's "binary input" is the sign of what feeds it, so "norm1
-    # output is sign" reads as "attn has a binary input".
+    # output is sign" reads as "attn.qkv has a binary input".
     NetSpec("bvit", "vit", _BVIT_WEIGHTS, _BVIT_INPUTS, summary="the seed's bvit: binary MLP and head"),
-    NetSpec("hybrid", "vit", ("blocks.*.mlp.fc1",), ("blocks.*.attn", "blocks.*.mlp.fc1", "head"),
+    NetSpec("hybrid", "vit", ("blocks.*.mlp.fc1",), ("blocks.*.attn.qkv", "blocks.*.mlp.fc1", "head"),
             summary="the seed's hybrid: binary fc1 only"),
     NetSpec("bvit_ln", "vit", _BVIT_WEIGHTS, _BVIT_INPUTS, per_task=_VIT_NORMS,
             summary="bvit with per-task LayerNorms"),
@@ -94,6 +95,11 @@ class MLP(nn.Module):
             if i < self.num_layers:
                 x = self.act(x)
         return x
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether the model normalises with each batch's own statistics even when testing (transductive)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in model.modules())
 
 
 def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int = 16, embed_dim: int = 768,

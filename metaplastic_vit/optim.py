@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .binarize import BINARY_LAYERS
+from .binarize import binary_modules
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def meta_targets(model: nn.Module, meta_on: MetaOn | str) -> list[tuple[str, nn.
     """The weight tensors metaplasticity acts on, in model order: every parameter with >= 2 dimensions
     (meta_on="all", the paper's rule) or only the binary layers' weights (meta_on="binary")."""
     if MetaOn(meta_on) == MetaOn.binary:
-        return [(f"{n}.weight", m.weight) for n, m in model.named_modules() if isinstance(m, BINARY_LAYERS)]
+        return [(f"{n}.weight", m.weight) for n, m in binary_modules(model).items()]
     return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
 
 

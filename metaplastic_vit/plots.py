@@ -29,10 +29,10 @@ def pyplot() -> Any:
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG and close it."""
+    """Write `fig` as a PNG and close it (figures laid out by matplotlib are not trimmed again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, bbox_inches=None if fig.get_layout_engine() else "tight")
     pyplot().close(fig)
     return path
 
@@ -95,19 +95,24 @@ def accuracy_matrices(record: RunRecord) -> Figure:
         panels.append((record.acc_matrix_task_aware, "task-aware (tested with the task id)"))
     t = len(record.tasks)
     fig, axes = pyplot().subplots(1, len(panels), figsize=((1.2 * t + 2.5) * len(panels), 1.0 * t + 2), squeeze=False)
-    for ax, (matrix, title) in zip(axes.flat, panels, strict=True):
+    for k, (ax, (matrix, title)) in enumerate(zip(axes.flat, panels, strict=True)):
         im = matrix_heatmap(ax, matrix, record.tasks, title=title)
+        if k:  # the rows are the same tasks: named once, on the left
+            ax.set_ylabel("")
+            ax.set_yticklabels([])
     fig.colorbar(im, ax=axes.ravel().tolist(), label="test accuracy (%)")
     return fig
 
 
 def weight_histograms(record: RunRecord) -> Figure:
     """Hidden-weight distribution of each layer at the end of each task."""
+    from matplotlib import ticker
+
     hists = record.histograms
     names = list(hists)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = pyplot().subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False, layout="tight")
     for ax, name in zip(axes.flat, names, strict=False):
         for h in hists[name]:
             ax.stairs(h["counts"], np.array(h["edges"]), label=f"after task {h['task'] + 1}")
@@ -115,11 +120,11 @@ def weight_histograms(record: RunRecord) -> Figure:
         ax.set_xlabel("hidden weight $W_h$")
         ax.set_ylabel("count")
         ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(ticker.NullLocator())  # log axes' minor ticks make drawing slow
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("hidden-weight distributions per layer")
-    fig.tight_layout()
     return fig
 
 

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import save_torch
-from .data import Batch, Scenario, TaskData, TaskSet
+from .data import Batch, Scenario, TaskSet
+from .data.loader import EvalSet
 from .errors import EnvironmentFaultError, TrainingFailedError, UserError
+from .models import uses_batch_statistics
 from .record import EpochRecord, RunRecord
 from .runtime import InterruptedRunError
 from .strategies.base import Plugin, TaskContext
@@ -54,6 +56,18 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> Preci
     return precision
 
 
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to `count` (None: unchanged) for the duration of the context."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class NonFiniteLossError(TrainingFailedError):
     """The training loss or the parameters became NaN or inf."""
 
@@ -70,6 +84,7 @@ class TrainSettings:
     precision: Precision = Precision.fp32  # resolved (not auto)
     checkpoint: bool = True
     seed: int = 0
+    eval_threads: int | None = None  # CPU threads while testing (large batches); None: those of training
 
 
 @dataclass
@@ -130,6 +145,8 @@ class ContinualTrainer:
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.masks = data.task_masks
+        self.has_val = all(len(t.splits["val"]) for t in data.tasks)
+        self.eval_set = EvalSet(data.tasks, settings.eval_batch_size, mix_tasks=not uses_batch_statistics(model))
         self.base_lr = 0.0
         self.optimizer = self._new_optimizer()  # built now, so a bad optimizer setting fails before the run starts
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.precision == Precision.fp16 else None
@@ -259,17 +276,6 @@ class ContinualTrainer:
             raise NonFiniteLossError(f"parameters became NaN or inf on task {task.task.name}")
         return loss, 100.0 * correct.item() / n
 
-    def _correct(self, task: TaskData, split: str) -> tuple[int, int]:
-        """Correct predictions on a split without and with the task's output mask (current model state)."""
-        plain = torch.zeros((), device=self.device, dtype=torch.long)
-        masked = torch.zeros((), device=self.device, dtype=torch.long)
-        mask = self.masks[task.index]
-        for batch in task.batches(split, self.s.eval_batch_size):
-            logits = self.forward(self.model, batch.x)
-            plain += (logits.argmax(1) == batch.y).sum()
-            masked += (logits.masked_fill(~mask, float("-inf")).argmax(1) == batch.y).sum()
-        return int(plain), int(masked)
-
     def _task_state(self, task: int) -> contextlib.AbstractContextManager | None:
         """The context in which the model holds what it had for `task` (plugins' per-task state); None when
         the live state is the task's own."""
@@ -279,37 +285,54 @@ class ContinualTrainer:
                 return state
         return None
 
-    def _percent(self, correct: int, task: TaskData, split: str) -> float:
-        return 100.0 * correct / max(len(task.splits[split]), 1)
+    def _count(self, segments: list[tuple[int, str]]) -> tuple[list[int], list[int]]:
+        """Correct predictions of the current model on each (task, split) segment, without and with each
+        task's output mask, in as few batches as the test batch size allows."""
+        plain = torch.zeros(len(segments), dtype=torch.long, device=self.device)
+        masked = torch.zeros(len(segments), dtype=torch.long, device=self.device)
+        for batch, segment in self.eval_set.chunks(segments):
+            logits = self.forward(self.model, batch.x)
+            plain.index_add_(0, segment, (logits.argmax(1) == batch.y).long())
+            hits = logits.masked_fill(~self.masks[batch.task], float("-inf")).argmax(1) == batch.y
+            masked.index_add_(0, segment, hits.long())
+        return plain.tolist(), masked.tolist()
+
+    def _percent(self, correct: int, task: int, split: str) -> float:
+        return 100.0 * correct / max(len(self.data.tasks[task].splits[split]), 1)
 
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """Every task's test accuracy under the run's scenario and task-aware, and its validation accuracy.
 
-        Without the task id (domain, class) every task is tested with the live state and no mask; the
-        task-aware test restores the task's per-task state and masks the outputs to its classes.
+        Without the task id (domain, class) every task is tested with the live state and no mask, all tasks
+        in one pass; the task-aware test masks the outputs to the task's classes, and tasks whose per-task
+        state differs from the live one are passed again with it restored.
         """
         start = time.perf_counter()
         self.model.eval()
-        test, aware, val = [], [], []
-        for j, task in enumerate(self.data.tasks):
-            state = self._task_state(j)
-            if state is None:  # the live state is the task's own: one pass serves both tests
-                plain, masked = self._correct(task, "test")
-            else:
-                plain, _ = self._correct(task, "test") if self.data.scenario != Scenario.task else (0, 0)
-                with state:
-                    _, masked = self._correct(task, "test")
-            aware.append(self._percent(masked, task, "test"))
-            if self.data.scenario == Scenario.task:
-                test.append(aware[-1])
-                if len(task.splits["val"]):
-                    with self._task_state(j) or contextlib.nullcontext():
-                        val.append(self._percent(self._correct(task, "val")[1], task, "val"))
-            else:
-                test.append(self._percent(plain, task, "test"))
-                if len(task.splits["val"]):
-                    val.append(self._percent(self._correct(task, "val")[0], task, "val"))
+        tasks = range(len(self.data.tasks))
+        splits = ("test", "val") if self.has_val else ("test",)
+        aware_scenario = self.data.scenario == Scenario.task
+        states = {j: self._task_state(j) for j in tasks}
+        live = [(j, split) for j in tasks for split in splits if not (aware_scenario and states[j] is not None)]
+        own = {}  # (task, split) -> correct with the task's own state and mask
+        with threads(self.s.eval_threads):
+            plain, masked = self._count(live)
+            for j in tasks:
+                if states[j] is not None:
+                    segments = [(j, split) for split in (splits if aware_scenario else ("test",))]
+                    with states[j]:
+                        own.update(zip(segments, self._count(segments)[1], strict=True))
+        result = {seg: (p, m) for seg, p, m in zip(live, plain, masked, strict=True)}
+        for (j, split), (_, m) in result.items():
+            own.setdefault((j, split), m)
+        aware = [self._percent(own[(j, "test")], j, "test") for j in tasks]
+        if aware_scenario:
+            test = aware
+            val = [self._percent(own[(j, "val")], j, "val") for j in tasks] if self.has_val else []
+        else:
+            test = [self._percent(result[(j, "test")][0], j, "test") for j in tasks]
+            val = [self._percent(result[(j, "val")][0], j, "val") for j in tasks] if self.has_val else []
         self.state.eval_time += time.perf_counter() - start
         return Evaluation(test, aware, val)
 

@@ -97,4 +97,28 @@ def test_binarizing_input_twice_applies_sign_once():
     net = _net()
     binarize_model(net, binary_inputs=["2"])
     binarize_model(net, binary_inputs=["2"])
-    assert len(net[2]._forward_pre_hooks) == 1
+    layer = net[2]  # a Linear binarizes its own input, visibly, without a hook
+    assert isinstance(layer, BinaryLinear) and layer.binary_input and not layer.binary_weight
+    assert not layer._forward_pre_hooks and "binary_input=True" in repr(layer)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(layer(x), F.linear(x.sign(), layer.weight, layer.bias))
+    outer = nn.Sequential(_net())
+    binarize_model(outer, binary_inputs=["0"])  # any other module gets a forward pre-hook
+    binarize_model(outer, binary_inputs=["0"])
+    assert len(outer[0]._forward_pre_hooks) == 1
+
+
+def test_the_activation_ste_keeps_a_one_byte_mask_not_the_input():
+    x = torch.randn(5, 3, requires_grad=True)
+    (saved,) = sign_activation(x).grad_fn.saved_tensors
+    assert saved.dtype == torch.bool and torch.equal(saved, x.detach().abs() <= 1)
+
+
+def test_the_scale_is_folded_into_the_binary_weight():
+    torch.manual_seed(0)
+    layer = BinaryLinear(16, 4)  # fan_in 16: the scale 1/4 is a power of two, exact either way
+    x = torch.randn(3, 16, requires_grad=True)
+    out = layer(x)
+    assert torch.equal(out, F.linear(x, layer.weight.sign()) / 4 + layer.bias)
+    out.sum().backward()
+    assert torch.equal(layer.weight.grad, torch.ones(3, 4).t() @ x.detach() / 4)

@@ -11,15 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, read_results, run_cli
+from conftest import ROOT, read_results, run, run_cli
 
 pytestmark = pytest.mark.slurm
 
 # A node without GPUs and little memory: the local test cluster.
 SLURM_ENV = {"METAPLASTIC_SLURM_GPUS": "0", "METAPLASTIC_SLURM_CPUS": "1", "METAPLASTIC_SLURM_MEM_GB": "1",
              "METAPLASTIC_SLURM_TIMEOUT_MIN": "10"}
-# long enough (~10 s) to be signalled mid-run
-RUN = ["net=bvit", "meta=1.35", "epochs_per_task=8", "task_sequence=[pdigits,pdigits]", "logger.files.plots=false"]
+# a tiny bvit on two permuted digits tasks; epochs_per_task sets how long a job trains
+RUN = ["net=bvit", "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1",
+       "batch_size=200", "logger.files.plots=false"]
 
 
 def _cluster_up() -> str | None:
@@ -49,9 +50,8 @@ def _job_logs(out: Path) -> str:
 
 def test_two_job_sweep_runs_as_slurm_jobs(tmp_path):
     start = time.monotonic()
-    proc = run_cli(["-m", "hydra/launcher=slurm", "net=bvit", "meta=0,1.35", "epochs_per_task=2",
-                    "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1", "logger.files.plots=false"],
-                   tmp_path, env=SLURM_ENV, check=True)
+    proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, "meta=0,1.35", "epochs_per_task=2"], tmp_path,
+                   env=SLURM_ENV, check=True)
     elapsed = time.monotonic() - start
     results = sorted(tmp_path.glob("multirun/*/*/results.json"))
     assert len(results) == 2, proc.stdout + proc.stderr
@@ -81,17 +81,17 @@ def _running_job(out: Path, timeout: float = 120) -> str:
 
 
 def _reference(tmp_path, extra=()):
-    ref = tmp_path / "reference"
-    run_cli([*RUN, *extra, "threads=1", f"hydra.run.dir={ref}"], tmp_path, check=True)
-    return read_results(ref)
+    """The same experiment uninterrupted, in this process on one thread (as a Slurm job with 1 CPU runs it)."""
+    return run(tmp_path / "reference", *RUN, *extra, "threads=1").to_dict()
 
 
 def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
     out = tmp_path / "sweep"
     env = {**os.environ, **SLURM_ENV, "METAPLASTIC_OUTPUT": str(out)}
     start = time.monotonic()
-    sweep = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=slurm", *RUN], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    extra = ["meta=1.35", "epochs_per_task=15"]  # seconds of training: time to be signalled mid-run
+    sweep = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=slurm", *RUN, *extra],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job = _running_job(out)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what a preempting scheduler sends
     log, _ = sweep.communicate(timeout=300)
@@ -102,14 +102,14 @@ def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
     assert res["status"] == "completed" and len(res["resumes"]) == 1
     logs = _job_logs(out)
     assert "Requeued job" in logs and "resuming from" in logs and "at task" in logs
-    expected = _reference(tmp_path)
+    expected = _reference(tmp_path, extra)
     assert res["epochs"] == expected["epochs"] and res["acc_matrix"] == expected["acc_matrix"]
     print(f"preempt-resume cycle: {elapsed:.1f} s, resumed at {res['resumes']}")
 
 
 def test_timed_out_job_is_requeued_and_completes(tmp_path):
-    # time limit 1 min, USR2 45 s before it: each attempt is told it timed out ~15 s in, mid-run
-    extra = ["epochs_per_task=30"]  # ~25 s of training: at least one requeue
+    # time limit 1 min, USR2 45 s before it: each attempt is told it timed out 15 s in, mid-run
+    extra = ["meta=1.35", "epochs_per_task=40"]  # more training than fits before the first signal: a requeue
     proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, *extra, "hydra.launcher.timeout_min=1",
                     "hydra.launcher.signal_delay_s=45"], tmp_path / "sweep", env=SLURM_ENV, check=True, timeout=400)
     (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")

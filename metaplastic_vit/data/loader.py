@@ -122,6 +122,72 @@ class TaskData:
             yield self.batch_at(split, order[start:end])
 
 
+class EvalSet:
+    """The test and validation splits of every task as inputs ready for testing, in few large batches.
+
+    Inputs are transformed once and kept (on the device) while they fit in `budget_bytes`, else transformed
+    per batch. `chunks` concatenates the segments asked for (task, split) into batches of up to `batch_size`
+    samples, or, with `mix_tasks=False` (BatchNorm with transductive statistics), keeps each task's samples
+    in batches of their own.
+    """
+
+    def __init__(self, tasks: Sequence[TaskData], batch_size: int, mix_tasks: bool = True,
+                 budget_bytes: int = 256 * 2**20) -> None:
+        self.tasks = list(tasks)
+        self.batch_size = batch_size
+        self.mix_tasks = mix_tasks
+        self.budget = budget_bytes
+        self._ready: dict[tuple[int, str], Batch] = {}
+
+    def _pieces(self, task: int, split: str) -> Iterator[Batch]:
+        key = (task, split)
+        if key in self._ready:
+            whole = self._ready[key]
+            for start, end in batch_bounds(len(whole), self.batch_size):
+                yield Batch(whole.x[start:end], whole.y[start:end], whole.task[start:end], whole.index[start:end])
+            return
+        t = self.tasks[task]
+        n = len(t.splits[split])
+        probe = t.batch_at(split, torch.arange(min(n, 1), device=t.splits[split].idx.device))
+        size = n * probe.x[0].numel() * probe.x.element_size() if n else 0
+        if 0 < size <= self.budget:
+            self.budget -= size
+            self._ready[key] = t.batch_at(split, torch.arange(n, device=t.splits[split].idx.device))
+            yield from self._pieces(task, split)
+            return
+        yield from t.batches(split, self.batch_size)
+
+    def chunks(self, segments: Sequence[tuple[int, str]]) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """(batch, segment number of each sample) over the segments, in order."""
+        pending: list[tuple[Batch, torch.Tensor]] = []
+        count = 0
+        for k, (task, split) in enumerate(segments):
+            for piece in self._pieces(task, split):
+                pending.append((piece, torch.full((len(piece),), k, dtype=torch.long, device=piece.y.device)))
+                count += len(piece)
+                if not self.mix_tasks:
+                    yield pending.pop()
+                    count = 0
+                while count >= self.batch_size:
+                    batch, segment = _joined(pending)
+                    yield _slice(batch, segment, 0, self.batch_size)
+                    pending, count = [_slice(batch, segment, self.batch_size, count)], count - self.batch_size
+        if count:
+            yield _joined(pending)
+
+
+def _joined(parts: list[tuple[Batch, torch.Tensor]]) -> tuple[Batch, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return (Batch(*(torch.cat([getattr(b, f) for b, _ in parts]) for f in ("x", "y", "task", "index"))),
+            torch.cat([s for _, s in parts]))
+
+
+def _slice(batch: Batch, segment: torch.Tensor, start: int, end: int) -> tuple[Batch, torch.Tensor]:
+    part = slice(start, end)
+    return Batch(batch.x[part], batch.y[part], batch.task[part], batch.index[part]), segment[part]
+
+
 def _select(labels: torch.Tensor, classes: Sequence[int], outputs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of samples whose label is in `classes`, and each one's head target."""
     size = max(int(labels.max()) if len(labels) else 0, *classes) + 1

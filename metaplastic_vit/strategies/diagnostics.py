@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..binarize import BINARY_LAYERS
+from ..binarize import binary_modules
 from ..optim import MetaScale, attenuation
 from .base import Plugin, TaskContext
 
@@ -22,8 +22,7 @@ ATTENUATED_BELOW = 0.5  # f_meta below this counts a weight as consolidated
 
 def diagnostic_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers whose hidden weights the diagnostics follow: the binary ones, or every Linear/Conv2d."""
-    binary = {n: m for n, m in model.named_modules() if isinstance(m, BINARY_LAYERS)}
-    return binary or {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+    return binary_modules(model) or {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
 
 
 def _meta_of(optimizer: torch.optim.Optimizer) -> dict[int, tuple[float, bool]]:

@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 from ..data import Batch, Scenario
 from ..data.loader import batch_bounds
 from ..errors import UserError
+from ..models import uses_batch_statistics
 from . import register_strategy
 from .base import Plugin, TaskContext, shared_parameters
 
@@ -87,11 +88,6 @@ def _unfused_attention(model: nn.Module) -> Iterator[None]:
             m.fused_attn = value
 
 
-def _batch_statistics(model: nn.Module) -> bool:
-    """Whether a forward pass normalises with the batch's own statistics even in eval mode."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in model.modules())
-
-
 def fisher_diagonal(model: nn.Module, params: Sequence[nn.Parameter], batches: Sequence[Batch],
                     forward: Callable[[Callable, torch.Tensor], torch.Tensor], masks: torch.Tensor,
                     labels: FisherLabels, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -105,7 +101,7 @@ def fisher_diagonal(model: nn.Module, params: Sequence[nn.Parameter], batches: S
     ids = {id(p) for p in params}
     names = [n for n, p in model.named_parameters() if id(p) in ids]
     values = {n: p.detach() for n, p in model.named_parameters() if id(p) in ids}
-    if _batch_statistics(model):
+    if uses_batch_statistics(model):
         return _fisher_in_batch(model, params, batches, forward, masks, labels, generator)
 
     def logp(vals: dict[str, torch.Tensor], x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
