@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from .config import register  # noqa: E402
 from .errors import EnvironmentFaultError, TrainingFailedError, UserError, one_line  # noqa: E402
-from .runtime import InterruptedRunError, Interrupts  # noqa: E402
+from .runtime import STOP_SIGNALS, InterruptedRunError, Interrupts  # noqa: E402
 
 register()
 log = logging.getLogger("run")
@@ -64,9 +64,6 @@ def main(cfg: DictConfig) -> float | None:
     return record.val_avg_acc
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 def message(exc: BaseException) -> str:
     """The one line a user sees for an error: the cause and what to do."""
     if isinstance(exc, InterruptedRunError):
@@ -96,7 +93,8 @@ def cli() -> None:
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     try:
-        main()
+        with Interrupts(deferred=False):  # a sweep stops at once (its jobs keep their checkpoints); a run's own
+            main()                         # deferred handling takes over while it trains
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -203,16 +202,16 @@ class Config:
 FREE_FORM = ("tags",)  # nodes that take any keys
 
 
-def local_batch(launcher_target: str, cpus_per_task: int | None) -> int | None:
-    """How many jobs the submitit local launcher may run at once: cores // cpus_per_task (else no limit)."""
-    if "LocalLauncher" not in launcher_target:
-        return None
-    return max(1, (os.cpu_count() or 1) // (cpus_per_task or 1))
-
-
 def run_dirname(overrides: str) -> str:
     """A run directory name from the command-line overrides ("default" without any); no path separators."""
     return (overrides or "default").replace("/", "_")
+
+
+def overrides_dirname(overrides: list[str], exclude: list[str]) -> str:
+    """Like Hydra's job.override_dirname, for a sweep directory (resolved before any job exists): the
+    command-line overrides sorted, without the excluded keys and the +search choice."""
+    kept = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in [*exclude, "search"])
+    return run_dirname(",".join(kept))
 
 
 def register() -> None:
@@ -225,7 +224,7 @@ def register() -> None:
     for name, schema in load_all().items():
         cs.store(group="schema/strategy", name=name, node=schema)
     OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
-    OmegaConf.register_new_resolver("local_batch", local_batch, replace=True)
+    OmegaConf.register_new_resolver("overrides_dirname", overrides_dirname, replace=True)
 
 
 def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:

@@ -128,7 +128,8 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     config = plain(cfg)
     template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value, net=cfg.net.name,
                          meta=config["meta"], seed=cfg.seed, strategy=plugins[0].name, run_dir=str(run_dir),
-                         sweep=sweep, device=str(device), threads=threads,
+                         sweep=sweep, device=str(device), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         threads=threads,
                          parameters=sum(p.numel() for p in model.parameters()))
     train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
                           eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,

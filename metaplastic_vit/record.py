@@ -68,6 +68,7 @@ class RunRecord:
     run_dir: str = ""
     sweep: str | None = None  # <sweep_name>-<sweep dir> for a multirun job (the default W&B group)
     device: str = "cpu"
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the process (a launcher's GPU assignment)
     precision: str = "fp32"
     threads: int = 1
     parameters: int = 0

@@ -196,7 +196,17 @@ def _label(key: str) -> str:
 
 
 def _value(key: str, value: str) -> str:
-    return value.rsplit(".", 1)[-1] if key == "strategy._target_" else value
+    if key == "strategy._target_":
+        return value.rsplit(".", 1)[-1]
+    try:
+        return f"{float(value):.4g}" if "." in value else value
+    except ValueError:
+        return value
+
+
+OBJECTIVE_LABELS = {"val_old_acc": "earlier tasks, validation accuracy (%)",
+                    "val_new_acc": "newest task, validation accuracy (%)",
+                    "val_avg_acc": "all tasks, validation accuracy (%)"}
 
 
 def table_rows(keys: list[str], groups: list[Group]) -> tuple[list[str], list[list[str]]]:
@@ -317,7 +327,105 @@ def matrix_grid(keys: list[str], groups: list[Group], path: Path) -> Path:
     return plots.save(fig, path)
 
 
-def _html(title: str, head: list[str], rows: list[list[str]], figures: list[Path], notes: list[str]) -> str:
+# ------------------------------------------------------------------ searches (hydra/sweeper=optuna)
+
+
+@dataclass
+class Search:
+    """A search directory's study: objectives, directions and finished trials (with their test numbers)."""
+
+    path: Path
+    objectives: list[str]
+    directions: list[str]
+    trials: list[dict[str, Any]]  # COMPLETE trials: number, params, values, run_dir, and test ACC if readable
+
+    def front(self) -> list[dict[str, Any]]:
+        """The trials no other trial beats in every objective (in the objectives' directions)."""
+        signs = [1 if d == "maximize" else -1 for d in self.directions]
+
+        def score(t: dict[str, Any]) -> list[float]:
+            return [s * t["values"][o] for s, o in zip(signs, self.objectives, strict=True)]
+
+        def dominated(a: dict[str, Any]) -> bool:
+            return any(all(x >= y for x, y in zip(score(b), score(a), strict=True)) and score(b) != score(a)
+                       for b in self.trials)
+
+        return sorted((t for t in self.trials if not dominated(t)), key=lambda t: score(t)[0], reverse=True)
+
+
+def load_search(path: Path) -> Search | None:
+    """The search in `path` (search.json and trials.json written by the sweeper), or None."""
+    try:
+        spec = json.loads((path / "search.json").read_text())
+        rows = json.loads((path / "trials.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    trials = []
+    for t in rows:
+        if t.get("state") != "COMPLETE" or not t.get("values"):
+            continue
+        try:
+            record = read_record(Path(t["run_dir"]) / RESULTS)
+            t = {**t, "avg_acc": record.avg_acc, "avg_acc_task_aware": record.avg_acc_task_aware,
+                 "first_task": record.acc_matrix[-1][0], "newest_task": record.acc_matrix[-1][-1]}
+        except (OSError, MalformedRecordError, TypeError, IndexError):
+            t = {**t, "avg_acc": None, "avg_acc_task_aware": None, "first_task": None, "newest_task": None}
+        trials.append(t)
+    return Search(path, spec["objectives"], spec["directions"], trials)
+
+
+def _params(trial: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in trial["params"].items())
+
+
+def search_section(search: Search, out: Path) -> tuple[list[str], list[Path]]:
+    """Markdown lines (best trials or the Pareto front, with their test numbers kept apart) and figures."""
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+
+    multi = len(search.objectives) > 1
+    chosen = search.front() if multi else sorted(
+        search.trials, key=lambda t: t["values"][search.objectives[0]],
+        reverse=search.directions[0] == "maximize")[:5]
+    head = ["trial", "values", *search.objectives, "test: ACC", "test: task 1 final", "test: newest task final",
+            "test: ACC task-aware"]
+    rows = [[str(t["number"]), _params(t), *(fmt(t["values"][o]) for o in search.objectives), fmt(t["avg_acc"]),
+             fmt(t["first_task"]), fmt(t["newest_task"]), fmt(t["avg_acc_task_aware"])] for t in chosen]
+    what = "Pareto front" if multi else "best trials"
+    lines = [f"## Search {search.path.name}: {what}", "",
+             f"{len(search.trials)} finished trials, chosen on {', '.join(search.objectives)} (validation); the test "
+             "columns are reported for the chosen trials only, never used to choose them.", "",
+             markdown_table(head, rows), ""]
+    figures = []
+    if multi and len(search.objectives) == 2:
+        figures.append(pareto_plot(search, out / f"pareto_{len(list(out.glob('pareto_*.png')))}.png"))
+        lines += [f"![{figures[-1].stem}]({figures[-1].name})", ""]
+    return lines, figures
+
+
+def pareto_plot(search: Search, path: Path) -> Path:
+    """Every trial as a point (first objective against the second), labelled with its values; the front drawn."""
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    x_key, y_key = search.objectives
+    xs = [t["values"][x_key] for t in search.trials]
+    ys = [t["values"][y_key] for t in search.trials]
+    ax.scatter(xs, ys, color="C0", alpha=0.6, label="trials")
+    for t, x, y in zip(search.trials, xs, ys, strict=True):
+        ax.annotate(_params(t), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = sorted(search.front(), key=lambda t: t["values"][x_key])
+    ax.plot([t["values"][x_key] for t in front], [t["values"][y_key] for t in front], "-o", color="C3",
+            label="Pareto front")
+    ax.set_xlabel(OBJECTIVE_LABELS.get(x_key, x_key))
+    ax.set_ylabel(OBJECTIVE_LABELS.get(y_key, y_key))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"stability against plasticity on validation data\n{search.path.name}", fontsize=9)
+    return plots.save(fig, path)
+
+
+def _html(title: str, head: list[str], rows: list[list[str]], figures: list[Path], notes: list[str],
+          extra: str = "") -> str:
     th = "".join(f"<th>{html.escape(t)}</th>" for t in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     imgs = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
@@ -328,7 +436,7 @@ def _html(title: str, head: list[str], rows: list[list[str]], figures: list[Path
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{note}"
-            f"<table><tr>{th}</tr>{body}</table>{imgs}</body></html>")
+            f"<table><tr>{th}</tr>{body}</table>{extra}{imgs}</body></html>")
 
 
 def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -345,19 +453,30 @@ def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     if skipped:
         notes.append(f"Skipped {len(skipped)} runs: " + ", ".join(f"{p.parent.name} ({s})" for p, s in skipped))
     table = markdown_table(head, rows)
+    searches = [found for d in dirs for p in sorted({q.parent for q in Path(d).rglob("search.json")})
+                if (found := load_search(p)) is not None]
+    search_lines: list[str] = []
+    for search in searches:
+        lines, more = search_section(search, out)
+        search_lines += lines
+        figures += more
     title = "metaplastic-vit comparison report"
     md = [f"# {title}", "", f"Runs from {', '.join(map(str, dirs))}.", "", *notes, "", table, "",
           "Forgetting: mean over the earlier tasks of the best accuracy the task had before the last task "
           "(from the row where it was learned on) minus its final accuracy. BWT: mean final minus just-learned "
           "accuracy of the earlier tasks. Consolidated: share of metaplastic hidden weights with "
-          f"f_meta < {ATTENUATED_BELOW} at each task's end.", "", *(f"![{p.stem}]({p.name})" for p in figures), ""]
+          f"f_meta < {ATTENUATED_BELOW} at each task's end.", "", *search_lines,
+          *(f"![{p.stem}]({p.name})" for p in figures if not p.stem.startswith("pareto")), ""]
     (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html(title, head, rows, figures, notes))
+    extra = "".join(f"<pre>{html.escape(line)}</pre>" if line.startswith("|") else f"<p>{html.escape(line)}</p>"
+                    for line in search_lines if line and not line.startswith("!["))
+    (out / "report.html").write_text(_html(title, head, rows, figures, notes, extra))
     summary = [{"key": dict(zip(keys, g.key, strict=True)), "runs": [str(r.path) for r in g.runs], "seeds": g.seeds,
                 **{m: {"mean": g.stats[m][0], "ci95": g.stats[m][1]} for m, _ in METRICS},
                 "consolidated": g.consolidated} for g in groups]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"keys": keys, "groups": groups, "skipped": skipped, "figures": figures, "table": table, "out": out}
+    return {"keys": keys, "groups": groups, "skipped": skipped, "figures": figures, "table": table, "out": out,
+            "searches": searches}
 
 
 def wandb_report(entity: str, project: str, group: str | None = None, nets: Sequence[str] = ()) -> Any:

@@ -84,28 +84,34 @@ class RunDirectory:
             self._fd = None
 
 
-class InterruptedRunError(Exception):
-    """The run was asked to stop by a signal; its last checkpoint is kept."""
+class InterruptedRunError(BaseException):
+    """The run was asked to stop by a signal; its last checkpoint is kept. A BaseException, like
+    KeyboardInterrupt, so that a sweep stops instead of treating it as one failed job."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class Interrupts:
-    """Turns SIGINT, SIGTERM and SIGHUP into a stop request the trainer honours at its next batch.
+    """Turns SIGINT, SIGTERM and SIGHUP into a stop request the trainer honours at its next batch
+    (`deferred`), or into InterruptedRunError at once (a sweep's own process, and outside a run).
 
     `signals` are the ones to handle (a launcher that owns SIGTERM, like submitit on Slurm, is left alone).
     Handlers can only be installed from the main thread; elsewhere the context does nothing.
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> None:
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, deferred: bool = True) -> None:
         self.signals = signals
+        self.deferred = deferred
         self.requested: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested is not None:  # asked twice: stop now
+        if self.requested is not None or not self.deferred:  # asked twice, or not inside a run: stop now
             raise InterruptedRunError(signum)
         self.requested = signum
         log.warning("%s received: stopping after the current batch (again to stop at once)",

@@ -3,6 +3,7 @@
 They skip when no cluster is reachable, except in CI (CI set), where a missing Slurm is a failure.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -118,6 +119,17 @@ def test_timed_out_job_is_requeued_and_completes(tmp_path):
     assert "this job is timed-out" in _job_logs(tmp_path / "sweep")
     expected = _reference(tmp_path, extra)
     assert res["acc_matrix"] == expected["acc_matrix"]
+
+
+def test_a_search_runs_its_trials_as_slurm_jobs(tmp_path):
+    proc = run_cli(["-m", "+search=meta", "hydra/launcher=slurm", "hydra.sweeper.n_trials=3",
+                    "hydra.sweeper.n_jobs=2", *RUN, "epochs_per_task=1"], tmp_path, env=SLURM_ENV, check=True)
+    (trials_file,) = tmp_path.glob("search/search_meta/*/trials.json")
+    trials = json.loads(trials_file.read_text())
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 3, proc.stderr
+    assert trials[0]["params"] == {"meta": 0}  # the zero arm first, then log-uniform draws
+    assert all(1 <= t["params"]["meta"] <= 300 for t in trials[1:])
+    assert len({p.name.split("_")[0] for p in tmp_path.glob("search/search_meta/*/.submitit/*_*")}) == 2  # arrays
 
 
 def test_a_gpu_request_on_a_cluster_without_gpus_is_one_error_line(tmp_path):

@@ -1,0 +1,108 @@
+"""`hydra/launcher=local`: sweep jobs in parallel on one machine, each in its own process, spread over its GPUs.
+
+Jobs run through submitit's local executor (a process per job, with timeouts and requeueing). At most
+`max_parallel` run at once: by default cores // cpus_per_task on a CPU machine, or GPUs x jobs_per_gpu when
+`gpus` lists devices (null: every GPU torch sees). Each job sees only its own GPU through
+CUDA_VISIBLE_DEVICES, so several small jobs can share one GPU (`jobs_per_gpu`). A new job starts as soon as
+a slot frees up. Interrupting the sweep stops its running jobs, which keep their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+log = logging.getLogger(__name__)
+
+
+class Slot(NamedTuple):
+    """Where a job runs: its number, and the GPU it may use (None: the CPU only)."""
+
+    index: int
+    gpu: int | None
+
+
+def slots(gpus: Sequence[int], jobs_per_gpu: int, max_parallel: int | None, cores: int, cpus_per_task: int
+          ) -> list[Slot]:
+    """The slots jobs run in. With GPUs: jobs_per_gpu per GPU, GPUs filled round-robin (job k of a full
+    batch on GPU k mod n); without: cores // cpus_per_task. `max_parallel` caps either."""
+    if gpus:
+        found = [Slot(i, gpus[i % len(gpus)]) for i in range(len(gpus) * max(1, jobs_per_gpu))]
+    else:
+        found = [Slot(i, None) for i in range(max(1, cores // max(1, cpus_per_task)))]
+    return found[:max_parallel] if max_parallel else found
+
+
+def visible_gpus(gpus: Sequence[int] | None) -> list[int]:
+    """The GPUs to spread jobs over: the configured ones, else every CUDA device this process sees."""
+    if gpus is not None:
+        return list(gpus)
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+class ParallelLocalLauncher(BaseSubmititLauncher):
+    """Runs sweep jobs on this machine in parallel slots (see the module's doc)."""
+
+    _EXECUTOR = "local"
+
+    def __init__(self, cpus_per_task: int = 1, gpus: Sequence[int] | None = None, jobs_per_gpu: int = 1,
+                 max_parallel: int | None = None, timeout_min: int = 10080, max_num_timeout: int = 3,
+                 name: str = "mvit", submitit_folder: str = ".submitit/%j", poll_seconds: float = 0.5) -> None:
+        super().__init__(submitit_folder=submitit_folder, timeout_min=timeout_min, name=name,
+                         max_num_timeout=max_num_timeout, cpus_per_task=cpus_per_task)
+        self.cpus_per_task = cpus_per_task
+        self.gpus = gpus
+        self.jobs_per_gpu = jobs_per_gpu
+        self.max_parallel = max_parallel
+        self.poll_seconds = poll_seconds
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Run every job, at most one per slot at a time; results in the order of `job_overrides`."""
+        import submitit
+
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        free = slots(visible_gpus(self.gpus), self.jobs_per_gpu, self.max_parallel, len(os.sched_getaffinity(0)),
+                     self.cpus_per_task)
+        log.info("local launcher: %d jobs, at most %d at once, in %s", len(job_overrides), len(free), sweep_dir)
+        executor = submitit.LocalExecutor(folder=self.params["submitit_folder"],
+                                          max_num_timeout=self.params["max_num_timeout"])
+        pending = list(enumerate(job_overrides))
+        running: dict[int, tuple[Any, Slot]] = {}
+        results: dict[int, JobReturn] = {}
+        try:
+            while pending or running:
+                while pending and free:
+                    k, overrides = pending.pop(0)
+                    slot = free.pop(0)
+                    idx = initial_job_idx + k
+                    gpu = [] if slot.gpu is None else [slot.gpu]
+                    executor.update_parameters(timeout_min=self.params["timeout_min"], visible_gpus=gpu,
+                                               gpus_per_node=len(gpu))
+                    log.info("\t#%d (slot %d%s) : %s", idx, slot.index,
+                             "" if slot.gpu is None else f", GPU {slot.gpu}", " ".join(filter_overrides(overrides)))
+                    job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
+                                          Singleton.get_state())
+                    running[k] = (job, slot)
+                for k, (job, slot) in list(running.items()):
+                    if job.done():
+                        results[k] = job.results()[0]
+                        free.append(slot)
+                        del running[k]
+                time.sleep(self.poll_seconds)
+        except BaseException:
+            for job, _ in running.values():  # stop them: each keeps its last checkpoint and resumes next time
+                job.cancel(check=False)
+            raise
+        return [results[k] for k in range(len(job_overrides))]

@@ -1,0 +1,101 @@
+"""Sweeps that search and launchers that spread jobs: the Optuna search sweeper and the parallel local launcher."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, read_results, tiny
+
+from metaplastic_vit.report import build_report
+from metaplastic_vit.runtime import RunDirectory
+
+sys.path.insert(0, str(ROOT))
+from hydra_plugins.metaplastic_vit_plugins.local_launcher import Slot, slots  # noqa: E402
+
+
+def test_slots_spread_jobs_over_gpus_and_pack_them():
+    assert slots([0, 1], 1, None, 16, 4) == [Slot(0, 0), Slot(1, 1)]  # one job per GPU
+    assert [s.gpu for s in slots([0, 1], 3, None, 16, 4)] == [0, 1, 0, 1, 0, 1]  # three small jobs per GPU
+    assert [s.gpu for s in slots([2, 5], 2, 3, 16, 4)] == [2, 5, 2]  # capped
+    assert slots([], 2, None, 16, 4) == [Slot(i, None) for i in range(4)]  # CPU: cores // cpus_per_task
+    assert len(slots([], 1, None, 2, 8)) == 1
+
+
+def _cli(args, out, **kw):
+    env = {**os.environ, "METAPLASTIC_OUTPUT": str(out), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_the_local_launcher_gives_each_job_its_gpu_and_a_safe_shared_cache(tmp_path):
+    """Four jobs at once, two per (listed) GPU, all building the same dataset cache on first use."""
+    from fakes import write_fake_mnist
+
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=100)
+    proc = _cli(["-m", "hydra/launcher=local", "hydra.launcher.gpus=[0,1]", "hydra.launcher.jobs_per_gpu=2",
+                 "meta=0,1,2,3", f"data.root={tmp_path / 'data'}", "arch.patch_size=7", "device=cpu",
+                 *tiny("epochs_per_task=1", "task_sequence=[pmnist,pmnist]")], tmp_path / "out")
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    results = {read_results(p.parent)["meta"]: read_results(p.parent)
+               for p in (tmp_path / "out").glob("multirun/*/*/results.json")}
+    assert sorted(results) == [0, 1, 2, 3] and all(r["status"] == "completed" for r in results.values())
+    assert sorted(r["visible_devices"] for r in results.values()) == ["0", "0", "1", "1"]  # two jobs per GPU
+    assert "at most 4 at once" in log
+    assert len(list((tmp_path / "data" / ".cache").glob("mnist-*.pt"))) == 1
+    assert not list((tmp_path / "data" / ".cache").glob("*.tmp"))
+
+
+def _trials(search_dir):
+    path = search_dir / "trials.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
+    """A 4-trial stability-plasticity search, two trials at a time through the local launcher: stopped while
+    its second pair trains, then run again with the same command."""
+    out = tmp_path / "out"
+    args = ["-m", "+search=meta_front", "hydra/launcher=local", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+            "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=6")]
+    proc = _cli(args, out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        (search_dir,) = list(out.glob("search/search_meta_front/*")) or [None]
+        if search_dir and sum(t["state"] == "COMPLETE" for t in _trials(search_dir)) == 2:
+            running = [p for p in search_dir.glob("*/metrics.csv")
+                       if read_results(p.parent)["status"] == "running" and len(p.read_text().splitlines()) > 2]
+            if len(running) == 2:
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the second pair of trials did not start training in time")
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, log
+    assert [ln for ln in log.splitlines() if ln.startswith("error:")] == [
+        "error: interrupted by SIGTERM: the last checkpoint is kept; run the same command again to resume"]
+    interrupted = [p.parent for p in running]
+    for job in interrupted:  # the jobs were stopped with the sweep: their directories are free again
+        deadline = time.monotonic() + 60
+        while read_results(job)["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with RunDirectory(job):
+            pass
+    assert [t["state"] for t in _trials(search_dir)] == ["COMPLETE", "COMPLETE"]
+
+    again = _cli(args, out)
+    log, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, log
+    trials = _trials(search_dir)
+    assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)  # the budget, not 6
+    assert {t["run_dir"] for t in trials[2:]} == {str(j) for j in interrupted}  # run again where they stopped
+    assert all(read_results(j)["resumes"] for j in interrupted)  # from their checkpoints
+    report = build_report([search_dir], tmp_path / "report")
+    (search,) = report["searches"]
+    assert len(search.trials) == 4 and search.front()
+    assert (tmp_path / "report" / "pareto_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Pareto front" in md and "| trial | values | val_old_acc | val_new_acc | test: ACC |" in md
