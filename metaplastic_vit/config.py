@@ -46,11 +46,14 @@ class _NetConfig:
     binary_inputs: list[str] | None = None
     binary_scale: BinaryScale | None = None
     per_task: list[str] | None = None  # modules kept once per task (task-aware tests only)
+    frozen: list[str] | None = None  # parameters kept at their initial values (e.g. [pos_embed, cls_token])
 
 
 @dataclass
 class ViTNetConfig(_NetConfig):
     """A timm ViT net; its sizes come from the `arch` group."""
+
+    norm_affine: bool | None = None  # null: the registry's; false: LayerNorms without a learned scale and shift
 
     img_size: Any = "${arch.img_size}"  # null: the data's native size
     patch_size: Any = "${arch.patch_size}"

@@ -8,8 +8,10 @@ variant is a registry entry plus a YAML file in conf/net/, not new code. Module 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -25,6 +27,8 @@ class NetSpec:
     `binary_weights`: modules (Linear/Conv2d) computing with sign(W_h); `binary_inputs`: modules whose input
     is binarized (straight-through sign); both fnmatch patterns over `named_modules()` names. `per_task`:
     modules whose parameters and buffers are kept once per task (used only by a task-aware test).
+    `norm_affine`: whether the ViT's LayerNorms learn a scale and shift; `frozen`: parameters (fnmatch
+    patterns over `named_parameters()` names, e.g. ``pos_embed``) kept at their initial values.
     """
 
     name: str
@@ -33,6 +37,8 @@ class NetSpec:
     binary_inputs: tuple[str, ...] = ()
     scale: BinaryScale = BinaryScale.fan_in
     per_task: tuple[str, ...] = ()
+    norm_affine: bool = True
+    frozen: tuple[str, ...] = ()
     summary: str = ""
 
 
@@ -103,7 +109,8 @@ def uses_batch_statistics(model: nn.Module) -> bool:
 
 
 def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int = 16, embed_dim: int = 768,
-               depth: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True) -> nn.Module:
+               depth: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+               norm_affine: bool = True) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     for key, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
@@ -119,7 +126,8 @@ def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int =
         raise UserError(f"num_heads {num_heads} does not divide embed_dim {embed_dim}")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                              embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                             qkv_bias=qkv_bias, class_token=True, global_pool="token", pos_embed="learn")
+                             qkv_bias=qkv_bias, class_token=True, global_pool="token", pos_embed="learn",
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6, elementwise_affine=norm_affine))
 
 
 def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
@@ -131,37 +139,51 @@ def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hi
 
 
 def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
-                 binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None) -> NetSpec:
+                 binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
+                 norm_affine: bool | None = None, frozen: Sequence[str] | None = None) -> NetSpec:
     """The registry's spec of net `name` with the given policy fields replaced (None keeps the registry's)."""
     if name not in MODELS:
         raise UserError(f"unknown net {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
-    changes = {k: tuple(v) for k, v in (("binary_weights", binary_weights), ("binary_inputs", binary_inputs),
-                                         ("per_task", per_task)) if v is not None}
+    changes: dict[str, object] = {k: tuple(v) for k, v in (
+        ("binary_weights", binary_weights), ("binary_inputs", binary_inputs), ("per_task", per_task),
+        ("frozen", frozen)) if v is not None}
     if binary_scale is not None:
         changes["scale"] = BinaryScale(binary_scale)
+    if norm_affine is not None:
+        changes["norm_affine"] = norm_affine
     return dataclasses.replace(spec, **changes)
 
 
 def create_model(name: str, *, num_classes: int, img_size: int, in_chans: int,
                  binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
                  binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
-                 **arch: object) -> nn.Module:
+                 norm_affine: bool | None = None, frozen: Sequence[str] | None = None, **arch: object) -> nn.Module:
     """Build net `name` (see MODELS) mapping images (B, in_chans, img_size, img_size) to `num_classes` logits.
 
-    `binary_weights`, `binary_inputs`, `binary_scale` and `per_task` replace the registry's policy (a variant
-    without code); `arch` holds the family's size keys (VIT_ARCH or MLP_ARCH). The returned model carries
-    its resolved spec as `model.net_spec`.
+    `binary_weights`, `binary_inputs`, `binary_scale`, `per_task`, `norm_affine` and `frozen` replace the
+    registry's policy (a variant without code); `arch` holds the family's size keys (VIT_ARCH or MLP_ARCH).
+    The returned model carries its resolved spec as `model.net_spec`.
     """
-    spec = resolve_spec(name, binary_weights, binary_inputs, binary_scale, per_task)
+    spec = resolve_spec(name, binary_weights, binary_inputs, binary_scale, per_task, norm_affine, frozen)
     allowed = VIT_ARCH if spec.family == "vit" else MLP_ARCH
     unknown = sorted(set(arch) - set(allowed))
     if unknown:
         raise UserError(f"unknown arch keys {unknown} for net {name!r}; allowed: {', '.join(allowed)}")
     if spec.family == "vit":
-        model = _build_vit(img_size, in_chans, num_classes, **arch)
+        model = _build_vit(img_size, in_chans, num_classes, norm_affine=spec.norm_affine, **arch)
     else:
+        if not spec.norm_affine:
+            raise UserError(f"net {name!r} is an MLP: norm_affine applies to ViT LayerNorms only")
         model = _build_mlp(spec, img_size, in_chans, num_classes, **arch)
     model = binarize_model(model, spec.binary_weights, spec.binary_inputs, scale=spec.scale)
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in spec.frozen:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise UserError(f"frozen pattern {pattern!r} matches no parameter; names look like: "
+                            f"{', '.join(names[:6])}, ...")
+        for n in hits:
+            model.get_parameter(n).requires_grad_(False)
     model.net_spec = spec
     return model

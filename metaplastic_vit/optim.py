@@ -233,11 +233,11 @@ def _check_group(group: dict[str, Any]) -> None:
 
 
 def meta_targets(model: nn.Module, meta_on: MetaOn | str) -> list[tuple[str, nn.Parameter]]:
-    """The weight tensors metaplasticity acts on, in model order: every parameter with >= 2 dimensions
+    """The trained weight tensors metaplasticity acts on, in model order: every parameter with >= 2 dimensions
     (meta_on="all", the paper's rule) or only the binary layers' weights (meta_on="binary")."""
     if MetaOn(meta_on) == MetaOn.binary:
-        return [(f"{n}.weight", m.weight) for n, m in binary_modules(model).items()]
-    return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
+        return [(f"{n}.weight", m.weight) for n, m in binary_modules(model).items() if m.weight.requires_grad]
+    return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
 
 
 def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaOn | str) -> list[dict[str, Any]]:

@@ -88,6 +88,7 @@ class RunRecord:
     forgetting_task_aware: float | None = None
     fwt: float | None = None
     epochs: list[EpochRecord] = field(default_factory=list)
+    startup_s: float | None = None  # from the process's start to its first epoch (imports, data, model)
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
     resumes: list[dict[str, int]] = field(default_factory=list)
@@ -125,6 +126,18 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as results.json holds it."""
         return dataclasses.asdict(self)
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat dotted keys (net.name, optimizer.meta_scale, ...)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 def write_record(path: str | Path, record: RunRecord) -> None:

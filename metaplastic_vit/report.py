@@ -25,7 +25,7 @@ import numpy as np
 
 from . import plots
 from .errors import UserError
-from .record import NON_SCIENTIFIC, RESULTS, MalformedRecordError, RunRecord, read_record
+from .record import NON_SCIENTIFIC, RESULTS, MalformedRecordError, RunRecord, flat_config, read_record
 
 IGNORED = (*NON_SCIENTIFIC, "seed")
 # Config keys implied by others (interpolated copies).
@@ -67,21 +67,10 @@ class Group:
         return sorted({r.record.seed for r in self.runs})
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
-        else:
-            out[name] = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    return out
-
-
 def science_of(record: RunRecord) -> dict[str, str]:
     """The run's config keys that change its numbers, flat, without the seed; the test batch size only where
     BatchNorm's test statistics are transductive."""
-    flat = _flat(record.config)
+    flat = {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in flat_config(record.config).items()}
     transductive = flat.get("net.transductive_bn") == "True"
     ignored = [i for i in IGNORED if not (i == "data.eval_batch_size" and transductive)]
     return {k: v for k, v in flat.items()

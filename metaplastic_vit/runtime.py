@@ -33,6 +33,16 @@ LOG = "run.log"
 LEFTOVERS = (".checkpoint.pt-*.tmp", ".results.json-*.tmp", ".metrics.csv-*.tmp")
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where that cannot be read."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
 class RunDirectoryBusyError(UserError):
     """Another process owns the run directory."""
 

@@ -30,7 +30,7 @@ from .data.loader import EvalSet
 from .errors import EnvironmentFaultError, TrainingFailedError, UserError
 from .models import uses_batch_statistics
 from .record import EpochRecord, RunRecord
-from .runtime import InterruptedRunError
+from .runtime import InterruptedRunError, process_age
 from .strategies.base import Plugin, TaskContext
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class ContinualTrainer:
         self.template = template
         self.stop_check = stop_check or (lambda: None)
         self.resumed = False
+        self.startup_s: float | None = None
         self._current = (0, 0)  # the epoch being trained (task, epoch)
         self._saved: tuple[int, int] | None = None  # the epoch of the newest checkpoint
         self.device = next(model.parameters()).device
@@ -346,7 +347,7 @@ class ContinualTrainer:
             scenario=self.data.scenario.value, precision=self.s.precision.value, acc_matrix=st.acc_matrix,
             acc_matrix_task_aware=st.acc_matrix_task_aware, val_acc_matrix=st.val_acc_matrix,
             initial_acc=st.initial_acc, epochs=st.epochs, train_time_s=st.train_time, eval_time_s=st.eval_time,
-            resumes=st.resumes)
+            resumes=st.resumes, startup_s=self.startup_s)
         record.summarize()
         return record
 
@@ -378,6 +379,7 @@ class ContinualTrainer:
             self._emit("close")
 
     def _run(self) -> RunRecord:
+        self.startup_s = process_age()
         st = self.state
         if self.resumed:
             st.resumes.append({"task": st.next_task, "epoch": st.next_epoch})

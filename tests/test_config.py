@@ -107,3 +107,14 @@ def test_every_named_sweep_composes_with_its_parameters():
         for values in zip(*(str(v).split(",") for v in params.values()), strict=False):  # first, second, ...
             cfg = config(f"+sweep={path.stem}", *(f"{k}={v}" for k, v in zip(params, values, strict=True)))
             experiment.validate(cfg)
+
+
+def test_every_candidate_arm_and_search_composes():
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
+        for arm in ("validated", "no_meta"):
+            experiment.validate(config(f"+candidate={path.stem}", f"+arm={arm}"))
+    for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
+        experiment.validate(config(f"+search={path.stem}"))
+    assert experiment.validate(config("+candidate=bnn", "+arm=no_meta")).meta == 0

@@ -150,3 +150,25 @@ def test_a_finished_run_is_not_retrained(tmp_path):
     again = run(tmp_path, *tiny())
     assert again.epochs == first.epochs and again.resumes == [{"task": 2, "epoch": 0}]
     assert read_results(tmp_path)["status"] == "completed"
+
+
+def test_the_command_returns_validation_accuracy_to_sweepers(tmp_path):
+    """What a Hydra sweeper optimises is the validation ACC, never the test ACC."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from metaplastic_vit import cli
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(cli.CONFIG_DIR), version_base="1.3"):
+        full = compose("config", overrides=[*tiny(), f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
+    from omegaconf import open_dict
+
+    with open_dict(full):
+        full.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(full)
+    task = config(*tiny())
+    returned = cli.main.__wrapped__(task)
+    record = read_results(tmp_path)
+    assert returned == record["val_avg_acc"] and returned != record["avg_acc"]

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import plots
-from ..record import EpochRecord, RunRecord
+from ..record import EpochRecord, RunRecord, flat_config
 from ..strategies.base import Plugin
 
 log = logging.getLogger(__name__)
@@ -82,18 +82,6 @@ def server_reachable(url: str, timeout: float) -> str | None:
     thread.start()
     thread.join(timeout)
     return outcome[0] if outcome else f"no answer within {timeout:g} s"
-
-
-def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config as flat dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_config(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 class WandbSink(Plugin):
