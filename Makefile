@@ -1,11 +1,11 @@
 # make run: set up .venv and run the embedded default experiment (no download).
-# make test: set up .venv and run the linter and the test suite.
+# make test: set up .venv and run the linter and the test suite (on every core).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench lint slurm-up slurm-down clean
+.PHONY: setup run test test-all bench science lint slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -22,14 +22,18 @@ lint: setup
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # also the slow scientific checks (minutes)
 test-all: lint
-	$(PY) -m pytest -m ''
+	$(PY) -m pytest -n auto -m ''
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# every experiment of docs/science.md, at its documented budget (hours on 2 cores)
+science: setup
+	scripts/science.sh
 
 slurm-up:
 	scripts/slurm-local.sh up

@@ -62,6 +62,8 @@ class ViTNetConfig(_NetConfig):
     num_heads: Any = "${arch.num_heads}"
     mlp_ratio: Any = "${arch.mlp_ratio}"
     qkv_bias: Any = "${arch.qkv_bias}"
+    proj_bias: Any = "${arch.proj_bias}"
+    class_token: Any = "${arch.class_token}"
 
 
 @dataclass
@@ -87,6 +89,8 @@ class ArchConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    proj_bias: bool = True  # biases of the attention projection and the MLP layers
+    class_token: bool = True  # false: no class token, the head reads the mean of the patch tokens
 
     def __post_init__(self) -> None:
         _positive("arch.img_size", self.img_size, optional=True)

@@ -28,7 +28,8 @@ class NetSpec:
     is binarized (straight-through sign); both fnmatch patterns over `named_modules()` names. `per_task`:
     modules whose parameters and buffers are kept once per task (used only by a task-aware test).
     `norm_affine`: whether the ViT's LayerNorms learn a scale and shift; `frozen`: parameters (fnmatch
-    patterns over `named_parameters()` names, e.g. ``pos_embed``) kept at their initial values.
+    patterns over `named_parameters()` names, e.g. ``pos_embed``) kept at their initial values; `mlp_norm`:
+    the MLP's normalisation, "batch" (the paper's) or "layer" (per sample: no statistics kept).
     """
 
     name: str
@@ -39,6 +40,7 @@ class NetSpec:
     per_task: tuple[str, ...] = ()
     norm_affine: bool = True
     frozen: tuple[str, ...] = ()
+    mlp_norm: str = "batch"
     summary: str = ""
 
 
@@ -69,35 +71,43 @@ MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
     NetSpec("bnn", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("bn*",),
             summary="the paper's binarized MLP with BatchNorm"),
     NetSpec("dnn", "mlp", scale=BinaryScale.none, per_task=("bn*",), summary="bnn's full-precision twin (ReLU)"),
+    NetSpec("bnn_ln", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("norm*",), mlp_norm="layer",
+            summary="bnn with LayerNorm instead of BatchNorm: no statistics carry or lose a task"),
 )}
 
-VIT_ARCH = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+VIT_ARCH = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "proj_bias", "class_token")
 MLP_ARCH = ("hidden", "transductive_bn")
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> BatchNorm1d -> activation] * hidden -> Linear -> BatchNorm1d.
+    """Flatten -> [Linear -> norm -> activation] * hidden -> Linear -> norm.
 
-    Layers are named fc1..fcN and bn1..bnN as in the paper's code. `activation` is "relu" for the
-    full-precision net and "sign" (straight-through) for the binarized one. BatchNorm tests with running
-    statistics; `transductive_bn` makes it normalise every test batch with that batch's own statistics (the
-    paper's code since 2023), which lets a batch drawn from one task carry its identity.
+    Layers are named fc1..fcN and bn1..bnN (BatchNorm) as in the paper's code, or norm1..normN (LayerNorm).
+    `activation` is "relu" for the full-precision net and "sign" (straight-through) for the binarized one.
+    BatchNorm tests with running statistics; `transductive_bn` makes it normalise every test batch with that
+    batch's own statistics (the paper's code since 2023), which lets a batch drawn from one task carry its
+    identity. LayerNorm normalises each sample on its own: no statistics are kept at all.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
-                 activation: str = "relu", transductive_bn: bool = False) -> None:
+                 activation: str = "relu", transductive_bn: bool = False, norm: str = "batch") -> None:
         super().__init__()
         sizes = [in_features, *hidden, num_classes]
         self.num_layers = len(sizes) - 1
+        self.norm = norm
         for i in range(self.num_layers):
             self.add_module(f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
-            self.add_module(f"bn{i + 1}", nn.BatchNorm1d(sizes[i + 1], track_running_stats=not transductive_bn))
+            if norm == "layer":
+                self.add_module(f"norm{i + 1}", nn.LayerNorm(sizes[i + 1]))
+            else:
+                self.add_module(f"bn{i + 1}", nn.BatchNorm1d(sizes[i + 1], track_running_stats=not transductive_bn))
         self.act = SignActivation() if activation == "sign" else nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = x.flatten(1)
+        prefix = "norm" if self.norm == "layer" else "bn"
         for i in range(1, self.num_layers + 1):
-            x = getattr(self, f"bn{i}")(getattr(self, f"fc{i}")(x))
+            x = getattr(self, f"{prefix}{i}")(getattr(self, f"fc{i}")(x))
             if i < self.num_layers:
                 x = self.act(x)
         return x
@@ -110,7 +120,7 @@ def uses_batch_statistics(model: nn.Module) -> bool:
 
 def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int = 16, embed_dim: int = 768,
                depth: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               norm_affine: bool = True) -> nn.Module:
+               proj_bias: bool = True, class_token: bool = True, norm_affine: bool = True) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     for key, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
@@ -126,7 +136,8 @@ def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int =
         raise UserError(f"num_heads {num_heads} does not divide embed_dim {embed_dim}")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                              embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                             qkv_bias=qkv_bias, class_token=True, global_pool="token", pos_embed="learn",
+                             qkv_bias=qkv_bias, proj_bias=proj_bias, class_token=class_token,
+                             global_pool="token" if class_token else "avg", pos_embed="learn",
                              norm_layer=partial(nn.LayerNorm, eps=1e-6, elementwise_affine=norm_affine))
 
 
@@ -134,8 +145,11 @@ def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hi
                transductive_bn: bool = False) -> nn.Module:
     if not hidden or any(h < 1 for h in hidden):
         raise UserError(f"net.hidden must list layer widths >= 1, got {list(hidden)}")
+    if transductive_bn and spec.mlp_norm != "batch":
+        raise UserError(f"net {spec.name!r} has no BatchNorm: transductive_bn does not apply")
     return MLP(in_chans * img_size * img_size, num_classes, hidden=tuple(hidden),
-               activation="sign" if spec.binary_weights else "relu", transductive_bn=transductive_bn)
+               activation="sign" if spec.binary_weights else "relu", transductive_bn=transductive_bn,
+               norm=spec.mlp_norm)
 
 
 def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,

@@ -99,3 +99,37 @@ def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
     assert (tmp_path / "report" / "pareto_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Pareto front" in md and "| trial | values | val_old_acc | val_new_acc | test: ACC |" in md
+
+
+def test_search_spaces_and_the_zero_arm():
+    import optuna
+
+    from hydra_plugins.metaplastic_vit_plugins.search_sweeper import parse_space, suggest, trial_values
+
+    space, fixed = parse_space({"meta": "tag(log, zero, interval(1, 300))", "net": "choice(bnn, vit)"},
+                               ["epochs_per_task=2", "seed=range(0, 3)"])
+    assert fixed == ["epochs_per_task=2"] and set(space) == {"meta", "net", "seed"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = []
+    for _ in range(5):
+        tried = {a for t in study.get_trials(deepcopy=False) for a in t.user_attrs}
+        trial = study.ask()
+        for name, override in space.items():
+            suggest(trial, name, override, f"zero:{name}" in tried)
+        values.append(trial_values(trial))
+        study.tell(trial, 0.0)
+    assert values[0]["meta"] == 0 and all(1 <= v["meta"] <= 300 for v in values[1:])  # zero once, first
+    assert {v["net"] for v in values} <= {"bnn", "vit"} and {v["seed"] for v in values} <= {0, 1, 2}
+
+
+def test_the_pareto_front_keeps_the_trials_nothing_beats():
+    from pathlib import Path
+
+    from metaplastic_vit.report import Search
+
+    def trial(n, old, new):
+        return {"number": n, "params": {"meta": n}, "values": {"val_old_acc": old, "val_new_acc": new}}
+
+    search = Search(Path("s"), ["val_old_acc", "val_new_acc"], ["maximize", "maximize"],
+                    [trial(0, 10, 90), trial(1, 50, 50), trial(2, 40, 40), trial(3, 80, 20), trial(4, 50, 50)])
+    assert [t["number"] for t in search.front()] == [3, 1, 4, 0]  # 2 is beaten by 1; ties both stay

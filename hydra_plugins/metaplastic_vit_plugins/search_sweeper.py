@@ -94,7 +94,7 @@ class OptunaSearchSweeper(Sweeper):
     """A resumable Optuna search over config keys; objectives are validation metrics from results.json."""
 
     def __init__(self, objectives: Sequence[str] = ("val_avg_acc",), directions: Sequence[str] | None = None,
-                 n_trials: int = 20, n_jobs: int = 1, sampler: str = "tpe", seed: int = 0,
+                 n_trials: int = 20, n_jobs: int = 1, sampler: str = "tpe", seed: int = 0, startup_trials: int = 4,
                  study_name: str | None = None, params: dict[str, Any] | None = None) -> None:
         self.objectives = list(objectives)
         self.directions = list(directions or ["maximize"] * len(self.objectives))
@@ -104,6 +104,7 @@ class OptunaSearchSweeper(Sweeper):
         self.n_jobs = max(1, n_jobs)
         self.sampler = sampler
         self.seed = seed
+        self.startup_trials = startup_trials
         self.study_name = study_name
         self.params = dict(params or {})
         self.config: DictConfig | None = None
@@ -121,7 +122,8 @@ class OptunaSearchSweeper(Sweeper):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=self.seed, multivariate=True),
+        samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=self.seed, multivariate=True,
+                                                              n_startup_trials=self.startup_trials),
                     "random": lambda: optuna.samplers.RandomSampler(seed=self.seed),
                     "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=self.seed)}
         if self.sampler not in samplers:
