@@ -24,7 +24,7 @@ def test_a_run_prints_its_table_writes_its_results_and_is_not_retrained(cli):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bvit"),
+    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bnn_ln, bvit,"),
     (["+epoch_per_task=5"], "unknown config key 'epoch_per_task'; did you mean epochs_per_task?"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(cli, overrides, message):

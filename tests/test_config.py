@@ -9,8 +9,7 @@ from metaplastic_vit import experiment
 from metaplastic_vit.errors import DataError, UserError, one_line
 
 BEFORE_DATA = [
-    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bvit, bvit_attn, bvit_full, "
-                  "bvit_full_ln, bvit_ln, dnn, hybrid, vit"),
+    (["net=foo"], "Could not find 'net/foo'; Available options in 'net': bnn, bnn_ln, bvit, "),
     (["task_sequence=[pfoo]"], "unknown task token 'pfoo'; use p<dataset>"),
     (["task_sequence=[digits-3]"], "10 classes cannot be split into 3 equal tasks; N must be one of [1, 2, 5, 10]"),
     (["task_sequence=[digits-0]"], "cannot be split into 0 equal tasks"),
@@ -109,12 +108,23 @@ def test_every_named_sweep_composes_with_its_parameters():
             experiment.validate(cfg)
 
 
-def test_every_candidate_arm_and_search_composes():
+def test_every_candidate_arm_baseline_and_search_composes():
     from conftest import ROOT
 
+    baselines = sorted(p.stem for p in (ROOT / "sweeps" / "baseline").glob("*.yaml"))
+    assert baselines == ["ewc", "joint", "lwf", "replay", "si"]
     for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
-        for arm in ("validated", "no_meta"):
+        validated = config(f"+candidate={path.stem}").tags.get("validated", {})
+        arms = ("validated", "no_meta") if "meta" in validated else ("no_meta",)
+        for arm in arms:
             experiment.validate(config(f"+candidate={path.stem}", f"+arm={arm}"))
+        for baseline in baselines:
+            if baseline in ("replay", "joint") or baseline in validated:
+                cfg = config(f"+candidate={path.stem}", f"+baseline={baseline}")
+                experiment.validate(cfg)
+                assert cfg.meta == 0
+                if baseline in validated:
+                    assert cfg.strategy.strength == validated[baseline]
     for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
         experiment.validate(config(f"+search={path.stem}"))
     assert experiment.validate(config("+candidate=bnn", "+arm=no_meta")).meta == 0

@@ -9,10 +9,13 @@ a slot frees up. Interrupting the sweep stops its running jobs, which keep their
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +51,21 @@ def visible_gpus(gpus: Sequence[int] | None) -> list[int]:
     import torch
 
     return list(range(torch.cuda.device_count()))
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Processes started inside ignore SIGINT: a job's submitit controller then leaves the terminal's Ctrl-C to
+    the job itself (which stops cleanly) instead of dying with a KeyboardInterrupt traceback; the launcher
+    stops controllers with SIGTERM, which they forward to their job."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class ParallelLocalLauncher(BaseSubmititLauncher):
@@ -92,8 +110,9 @@ class ParallelLocalLauncher(BaseSubmititLauncher):
                                                gpus_per_node=len(gpu))
                     log.info("\t#%d (slot %d%s) : %s", idx, slot.index,
                              "" if slot.gpu is None else f", GPU {slot.gpu}", " ".join(filter_overrides(overrides)))
-                    job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
-                                          Singleton.get_state())
+                    with _sigint_ignored_by_children():
+                        job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
+                                              Singleton.get_state())
                     running[k] = (job, slot)
                 for k, (job, slot) in list(running.items()):
                     if job.done():
@@ -103,6 +122,7 @@ class ParallelLocalLauncher(BaseSubmititLauncher):
                 time.sleep(self.poll_seconds)
         except BaseException:
             for job, _ in running.values():  # stop them: each keeps its last checkpoint and resumes next time
-                job.cancel(check=False)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(job.job_id), signal.SIGTERM)  # a local job's id is its controller's pid
             raise
         return [results[k] for k in range(len(job_overrides))]
