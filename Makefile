@@ -1,9 +1,11 @@
 # make run: set up .venv and run the embedded default experiment (no download).
-# make test: set up .venv and run the linter and the test suite (on every core).
+# make test: set up .venv and run the linter and the test suite (one worker per core, plus one to fill the time
+# other workers spend waiting on Slurm and subprocesses).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 
 .PHONY: setup run test test-all bench science lint slurm-up slurm-down clean
 
@@ -22,11 +24,11 @@ lint: setup
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal
 
 # also the slow scientific checks (minutes)
 test-all: lint
-	$(PY) -m pytest -n auto -m ''
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal -m ''
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -11,6 +11,7 @@ multirun compares Hydra's basic launcher with `hydra/launcher=local` (jobs short
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,7 +21,6 @@ from pathlib import Path
 from common import PYTHON, ROOT, check, report, run_child, table
 
 BASELINE = "b3a5515"
-ROUNDS = 2
 EPOCHS_MULTIRUN = 2
 METAS = "0,1.35,15,50"
 SAME_RUN = ("net=bvit_full_ln", "meta=50")  # the baseline's default experiment, run by both revisions
@@ -36,9 +36,9 @@ def run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) ->
     return wall, rss, results
 
 
-def default_rows(rev: str) -> list[list]:
+def default_rows(rev: str, rounds: int) -> list[list]:
     """The baseline's default experiment with this revision and `rev` alternately, and this revision's own default,
-    ROUNDS times each; medians per row."""
+    `rounds` times each; medians per row."""
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
         tree = Path(tmp) / "tree"
         made = subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, capture_output=True)
@@ -47,7 +47,7 @@ def default_rows(rev: str) -> list[list]:
             revisions[f"baseline {rev}"] = ({"PYTHONPATH": str(tree)}, tree)
         try:
             measured: dict[str, list[tuple]] = {name: [] for name in revisions}
-            for _ in range(ROUNDS):
+            for _ in range(rounds):
                 for name, (env, cwd) in revisions.items():
                     wall, rss, (res,) = run(list(SAME_RUN), env, cwd)
                     measured[name].append((wall, res.get("startup_s"), res["train_time_s"], res["eval_time_s"], rss))
@@ -67,8 +67,11 @@ def default_rows(rev: str) -> list[list]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2, help="runs per revision (the median is reported)")
+    args = parser.parse_args()
     load = os.getloadavg()[0]
-    rows = default_rows(BASELINE)
+    rows = default_rows(BASELINE, args.rounds)
     cores = len(os.sched_getaffinity(0))
     multi = []
     for launcher, extra in (("basic (sequential)", []), (f"local ({cores} at once, 1 thread each)",
@@ -80,8 +83,8 @@ def main() -> None:
         multi.append([launcher, len(results), wall, multi[0][2] / wall if multi else 1.0, rss])
     report("Runs: end to end, start-up, evaluation share, memory", [
         f"`python run.py {' '.join(SAME_RUN)}` (the baseline's default experiment: three permuted digits tasks x 20 "
-        f"epochs), {ROUNDS} runs per revision alternating, the median by wall time, and this revision's own default "
-        "(`python run.py`); eval % = testing as a share of train + test "
+        f"epochs), {args.rounds} runs per revision alternating, the median by wall time, and this revision's own "
+        "default (`python run.py`); eval % = testing as a share of train + test "
         "time (this revision: three matrices; the baseline: one); other s = wall - train - test (start-up, "
         f"checkpoints, results files, plots); load before: {load:.1f}. Goals: wall <= 25 s and start-up <= 3 s "
         "(set on a faster machine: compare the ratio to the baseline), eval <= 10%.",

@@ -18,11 +18,13 @@ searches() {
     "$PY" run.py -m +search=meta +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
   for c in bvit_full bnn_ln; do
-    for s in ewc si lwf; do
-      "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=6 hydra.sweeper.n_jobs=2 \
+    for s in ewc si lwf; do  # 4 trials of TPE's random start, then 3 quasi-random ones to cover the range
+      "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=4 hydra.sweeper.n_jobs=2 \
         "${QUIET[@]}"
+      "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=7 hydra.sweeper.sampler=qmc \
+        hydra.sweeper.n_jobs=2 "${QUIET[@]}"
     done
-    "$PY" run.py -m +search=meta_front +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
+    "$PY" run.py -m +search=meta_front +candidate=$c hydra.sweeper.n_trials=6 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
 }
 

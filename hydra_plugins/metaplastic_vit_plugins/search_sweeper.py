@@ -125,6 +125,7 @@ class OptunaSearchSweeper(Sweeper):
         samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=self.seed, multivariate=True,
                                                               n_startup_trials=self.startup_trials),
                     "random": lambda: optuna.samplers.RandomSampler(seed=self.seed),
+                    "qmc": lambda: optuna.samplers.QMCSampler(seed=self.seed, scramble=True),
                     "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=self.seed)}
         if self.sampler not in samplers:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(samplers)}")
