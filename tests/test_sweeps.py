@@ -134,3 +134,25 @@ def test_the_pareto_front_keeps_the_trials_nothing_beats():
     search = Search(Path("s"), ["val_old_acc", "val_new_acc"], ["maximize", "maximize"],
                     [trial(0, 10, 90), trial(1, 50, 50), trial(2, 40, 40), trial(3, 80, 20), trial(4, 50, 50)])
     assert [t["number"] for t in search.front()] == [3, 1, 4, 0]  # 2 is beaten by 1; ties both stay
+
+
+def test_quasi_random_trials_cover_a_log_range_evenly(tmp_path):
+    """sampler=qmc: a handful of trials spread over every decade of a strength range (random ones may cluster)."""
+    import math
+
+    from hydra_plugins.metaplastic_vit_plugins.search_sweeper import (
+        OptunaSearchSweeper,
+        parse_space,
+        suggest,
+        trial_values,
+    )
+
+    space, _ = parse_space({"strategy.strength": "tag(log, interval(0.01, 10000))"}, [])
+    study = OptunaSearchSweeper(sampler="qmc")._study(tmp_path)
+    decades = set()
+    for _ in range(4):
+        trial = study.ask()
+        suggest(trial, "strategy.strength", space["strategy.strength"], False)
+        decades.add(math.floor((math.log10(trial_values(trial)["strategy.strength"]) + 2) / 1.5))
+        study.tell(trial, 0.0)
+    assert decades == {0, 1, 2, 3}  # one trial in each quarter of the six decades

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,15 @@ def objectives_of(result: JobReturn, objectives: Sequence[str]) -> list[float] |
     return [float(v) for v in values]
 
 
+def _quiet(sampler: Any, **kwargs: Any) -> Any:
+    """An Optuna sampler built without its "experimental" warning (QMCSampler's interface is stable enough here)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return sampler(**kwargs)
+
+
 class OptunaSearchSweeper(Sweeper):
     """A resumable Optuna search over config keys; objectives are validation metrics from results.json."""
 
@@ -125,7 +135,7 @@ class OptunaSearchSweeper(Sweeper):
         samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=self.seed, multivariate=True,
                                                               n_startup_trials=self.startup_trials),
                     "random": lambda: optuna.samplers.RandomSampler(seed=self.seed),
-                    "qmc": lambda: optuna.samplers.QMCSampler(seed=self.seed, scramble=True),
+                    "qmc": lambda: _quiet(optuna.samplers.QMCSampler, seed=self.seed, scramble=True),
                     "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=self.seed)}
         if self.sampler not in samplers:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(samplers)}")
