@@ -143,3 +143,27 @@ def test_policy_overrides_replace_the_registry_entry():
     model = create_model("bvit", per_task=["norm"], binary_scale="mean_abs", **TINY)
     assert model.net_spec.per_task == ("norm",) and model.head.scale == "mean_abs"
     assert model.net_spec.binary_weights == MODELS["bvit"].binary_weights
+
+
+def test_bnn_ln_normalises_each_sample_on_its_own():
+    torch.manual_seed(0)
+    net = create_model("bnn_ln", img_size=8, in_chans=1, num_classes=10, hidden=[16, 16])
+    assert [type(net.get_submodule(f"fc{i}")) for i in (1, 2, 3)] == [BinaryLinear] * 3
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+    x = torch.randn(5, 1, 8, 8)
+    h = x.flatten(1)
+    for i in (1, 2, 3):
+        fc, norm = net.get_submodule(f"fc{i}"), net.get_submodule(f"norm{i}")
+        h = F.layer_norm(F.linear(h, fc.weight.sign()) + fc.bias, (fc.out_features,), norm.weight, norm.bias)
+        h = h.sign() if i < 3 else h
+    torch.testing.assert_close(net(x), h)
+    torch.testing.assert_close(net(x[:1]), net(x)[:1])  # in training mode too: no batch statistics
+    with pytest.raises(UserError, match="has no BatchNorm"):
+        create_model("bnn_ln", img_size=8, in_chans=1, num_classes=10, transductive_bn=True)
+
+
+def test_vit_without_class_token_or_projection_biases():
+    model = create_model("bvit_full", class_token=False, proj_bias=False, qkv_bias=False, **TINY)
+    assert model.cls_token is None and model.global_pool == "avg"
+    assert model.blocks[0].attn.proj.bias is None and model.blocks[0].mlp.fc1.bias is None
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
