@@ -59,7 +59,7 @@ def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
     its second pair trains, then run again with the same command."""
     out = tmp_path / "out"
     args = ["-m", "+search=meta_front", "hydra/launcher=local", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-            "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=4")]
+            "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=15")]
     proc = _cli(args, out)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
