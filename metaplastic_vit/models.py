@@ -94,20 +94,18 @@ class MLP(nn.Module):
         super().__init__()
         sizes = [in_features, *hidden, num_classes]
         self.num_layers = len(sizes) - 1
-        self.norm = norm
+        self.norm_prefix = "norm" if norm == "layer" else "bn"
         for i in range(self.num_layers):
             self.add_module(f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
-            if norm == "layer":
-                self.add_module(f"norm{i + 1}", nn.LayerNorm(sizes[i + 1]))
-            else:
-                self.add_module(f"bn{i + 1}", nn.BatchNorm1d(sizes[i + 1], track_running_stats=not transductive_bn))
+            self.add_module(f"{self.norm_prefix}{i + 1}",
+                            nn.LayerNorm(sizes[i + 1]) if norm == "layer"
+                            else nn.BatchNorm1d(sizes[i + 1], track_running_stats=not transductive_bn))
         self.act = SignActivation() if activation == "sign" else nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x = x.flatten(1)
-        prefix = "norm" if self.norm == "layer" else "bn"
         for i in range(1, self.num_layers + 1):
-            x = getattr(self, f"{prefix}{i}")(getattr(self, f"fc{i}")(x))
+            x = getattr(self, f"{self.norm_prefix}{i}")(getattr(self, f"fc{i}")(x))
             if i < self.num_layers:
                 x = self.act(x)
         return x
