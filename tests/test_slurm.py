@@ -4,6 +4,7 @@ They skip when no cluster is reachable, except in CI (CI set), where a missing S
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -108,11 +109,20 @@ def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
     print(f"preempt-resume cycle: {elapsed:.1f} s, resumed at {res['resumes']}")
 
 
+def _epochs_for(tmp_path, seconds: float) -> int:
+    """Epochs per task for which RUN trains about `seconds` on this machine (measured here, on one thread)."""
+    probe = run(tmp_path / "probe", *RUN, "epochs_per_task=2", "threads=1").to_dict()
+    per_epoch = (probe["train_time_s"] + probe["eval_time_s"]) / 4  # two tasks x two epochs
+    return max(40, math.ceil(seconds / (2 * per_epoch)))
+
+
 def test_timed_out_job_is_requeued_and_completes(tmp_path):
-    # time limit 1 min, USR2 45 s before it: each attempt is told it timed out 15 s in, mid-run
-    extra = ["meta=1.35", "epochs_per_task=40"]  # more training than fits before the first signal: a requeue
+    # time limit 1 min, USR2 45 s before it: every attempt is told it timed out 15 s after it starts. The job
+    # trains ~30 s (sized on this machine's speed), so even twice as fast it is still running at the first
+    # signal, and it needs several attempts.
+    extra = ["meta=1.35", f"epochs_per_task={_epochs_for(tmp_path, 30)}"]
     proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, *extra, "hydra.launcher.timeout_min=1",
-                    "hydra.launcher.signal_delay_s=45"], tmp_path / "sweep", env=SLURM_ENV, check=True, timeout=400)
+                    "hydra.launcher.signal_delay_s=45"], tmp_path / "sweep", env=SLURM_ENV, check=True, timeout=500)
     (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")
     res = read_results(path.parent)
     assert res["status"] == "completed" and res["resumes"], proc.stdout
