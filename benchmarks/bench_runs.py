@@ -5,7 +5,8 @@ as configured, alternately with this revision and with the baseline revision (a 
 the commit before this round's work), so the two are measured side by side on the same machine. The
 evaluation share is the part of train + test time that results.json reports as testing: every task after
 every epoch, here on three matrices (the run's scenario, task-aware, validation) where the baseline tested
-one. Start-up is from the process's start to its first epoch (results.json `startup_s`). The meta
+one. Start-up is from the process's start to its first epoch (results.json `startup_s`); the library floor
+beside it is a process that only imports torch, timm and Hydra (what any run must load). The meta
 multirun compares Hydra's basic launcher with `hydra/launcher=local` (jobs shortened to 2 epochs per task).
 """
 
@@ -24,6 +25,7 @@ BASELINE = "b3a5515"
 EPOCHS_MULTIRUN = 2
 METAS = "0,1.35,15,50"
 SAME_RUN = ("net=bvit_full_ln", "meta=50")  # the baseline's default experiment, run by both revisions
+IMPORTS = "import torch, timm, hydra, omegaconf"  # the libraries every run loads before its first epoch
 
 
 def run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float, list[dict]]:
@@ -54,6 +56,9 @@ def default_rows(rev: str, rounds: int) -> list[list]:
                 wall, rss, (res,) = run([])
                 measured.setdefault("this revision, its default net", []).append(
                     (wall, res["startup_s"], res["train_time_s"], res["eval_time_s"], rss))
+                code, wall, rss, log = run_child([PYTHON, "-c", IMPORTS])
+                check(code, log, IMPORTS)
+                measured.setdefault(f"library floor: python -c '{IMPORTS}'", []).append((wall, wall, 0.0, 0.0, rss))
         finally:
             if made.returncode == 0:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
@@ -61,8 +66,8 @@ def default_rows(rev: str, rounds: int) -> list[list]:
     for name, runs in measured.items():
         runs.sort()
         wall, startup, train, test, rss = runs[len(runs) // 2]
-        rows.append([name, wall, "" if startup is None else startup, train, test, 100 * test / (train + test),
-                     wall - train - test, rss])
+        share = 100 * test / (train + test) if train + test else ""
+        rows.append([name, wall, "" if startup is None else startup, train, test, share, wall - train - test, rss])
     return rows
 
 
