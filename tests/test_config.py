@@ -110,21 +110,21 @@ def test_every_named_sweep_composes_with_its_parameters():
 
 def test_every_candidate_arm_baseline_and_search_composes():
     from conftest import ROOT
+    from omegaconf import OmegaConf
 
     baselines = sorted(p.stem for p in (ROOT / "sweeps" / "baseline").glob("*.yaml"))
     assert baselines == ["ewc", "joint", "lwf", "replay", "si"]
     for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
-        validated = config(f"+candidate={path.stem}").tags.get("validated", {})
+        validated = OmegaConf.load(path).get("tags", {}).get("validated", {})
         arms = ("validated", "no_meta") if "meta" in validated else ("no_meta",)
         for arm in arms:
             experiment.validate(config(f"+candidate={path.stem}", f"+arm={arm}"))
-        for baseline in baselines:
-            if baseline in ("replay", "joint") or baseline in validated:
-                cfg = config(f"+candidate={path.stem}", f"+baseline={baseline}")
-                experiment.validate(cfg)
-                assert cfg.meta == 0
-                if baseline in validated:
-                    assert cfg.strategy.strength == validated[baseline]
+        for baseline in sorted(validated.keys() & set(baselines)):  # the strengths chosen for this candidate
+            cfg = config(f"+candidate={path.stem}", f"+baseline={baseline}")
+            experiment.validate(cfg)
+            assert cfg.meta == 0 and cfg.strategy.strength == validated[baseline]
+    for baseline in ("replay", "joint"):  # no strength: the same for every candidate
+        assert experiment.validate(config("+candidate=bvit_full", f"+baseline={baseline}")).meta == 0
     for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
         experiment.validate(config(f"+search={path.stem}"))
     assert experiment.validate(config("+candidate=bnn", "+arm=no_meta")).meta == 0
