@@ -180,6 +180,7 @@ class Config:
     batch_size: int = 100
     fresh_optimizer: bool = True  # a new optimizer (fresh moments) at every task, as in the paper
     threads: int | None = None  # null: SLURM_CPUS_PER_TASK, else the launcher's, else all cores
+    compile: bool = False  # torch.compile the model for training and testing
     checkpoint: bool = True
     sweep_name: str = "adhoc"
     tags: dict[str, Any] = field(default_factory=dict)  # free-form labels, kept in the results and W&B

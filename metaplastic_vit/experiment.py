@@ -134,6 +134,6 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
                           eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
                           fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,
-                          seed=cfg.seed, eval_threads=eval_threads)
+                          seed=cfg.seed, eval_threads=eval_threads, compile=cfg.compile)
     return ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
                             fingerprint(cfg, precision), template, interrupts.check if interrupts else None)

@@ -26,7 +26,7 @@ FORMAT = 2
 RESULTS = "results.json"
 # Config keys that do not change what a run computes: a run may resume with other values for them, and a
 # report does not tell runs apart by them. The test batch size matters only with transductive BatchNorm.
-NON_SCIENTIFIC = ("logger", "paths", "threads", "device", "checkpoint", "sweep_name", "tags", "data.root",
+NON_SCIENTIFIC = ("logger", "paths", "threads", "compile", "device", "checkpoint", "sweep_name", "tags", "data.root",
                   "data.cache_dir", "data.download", "data.eval_batch_size", "optimizer.implementation")
 STATUSES = ("running", "completed", "failed", "interrupted")
 

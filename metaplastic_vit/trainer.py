@@ -85,6 +85,7 @@ class TrainSettings:
     checkpoint: bool = True
     seed: int = 0
     eval_threads: int | None = None  # CPU threads while testing (large batches); None: those of training
+    compile: bool = False  # run the model through torch.compile (training and testing; plugins' copies stay eager)
 
 
 @dataclass
@@ -144,6 +145,7 @@ class ContinualTrainer:
         self._current = (0, 0)  # the epoch being trained (task, epoch)
         self._saved: tuple[int, int] | None = None  # the epoch of the newest checkpoint
         self.device = next(model.parameters()).device
+        self.compiled = torch.compile(model) if settings.compile else None
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.masks = data.task_masks
         self.has_val = all(len(t.splits["val"]) for t in data.tasks)
@@ -159,10 +161,22 @@ class ContinualTrainer:
     # ------------------------------------------------------------------ model calls
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """`model`'s float32 logits for `x`, computed in the run's precision."""
+        """`model`'s float32 logits for `x`, computed in the run's precision (compiled for the trained model
+        when the run compiles)."""
         dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(self.s.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            if self.compiled is not None and model is self.model:
+                return self._compiled_forward(x).float()
             return model(x).float()
+
+    def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        try:
+            return self.compiled(x)
+        except BackendCompilerFailed as exc:
+            raise UserError(f"compile=true: torch.compile could not compile the model "
+                            f"({' '.join(str(exc).split())[:200]}); run with compile=false") from exc
 
     def train_logits(self, logits: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Logits as the training loss sees them: masked to each sample's task in the task scenario."""

@@ -53,3 +53,8 @@ def test_the_local_launcher_gives_each_job_a_real_gpu(tmp_path):
     results = [read_results(p.parent) for p in tmp_path.glob("multirun/*/*/results.json")]
     assert len(results) == 2, proc.stderr
     assert all(r["device"].startswith("cuda") and r["visible_devices"] for r in results)
+
+
+def test_a_compiled_model_trains_on_the_gpu(tmp_path):
+    record = run(tmp_path, *tiny("device=cuda", "net=bvit_full", "compile=true"))
+    assert record.status == "completed" and record.avg_acc > 10
