@@ -85,7 +85,7 @@ class TrainSettings:
     checkpoint: bool = True
     seed: int = 0
     eval_threads: int | None = None  # CPU threads while testing (large batches); None: those of training
-    compile: bool = False  # run the model through torch.compile (training and testing; plugins' copies stay eager)
+    compile: bool = False  # the trainer's own passes (training, testing) through torch.compile; plugins' stay eager
 
 
 @dataclass
@@ -161,19 +161,20 @@ class ContinualTrainer:
     # ------------------------------------------------------------------ model calls
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """`model`'s float32 logits for `x`, computed in the run's precision (compiled for the trained model
-        when the run compiles)."""
+        """`model`'s float32 logits for `x`, computed in the run's precision (eagerly: what plugins use, also
+        under torch.func transforms)."""
         dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(self.s.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            if self.compiled is not None and model is self.model:
-                return self._compiled_forward(x).float()
             return model(x).float()
 
-    def _compiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained model's logits for `x` in training and testing: compiled when the run compiles."""
+        if self.compiled is None:
+            return self.forward(self.model, x)
         from torch._dynamo.exc import BackendCompilerFailed
 
         try:
-            return self.compiled(x)
+            return self.forward(self.compiled, x)
         except BackendCompilerFailed as exc:
             raise UserError(f"compile=true: torch.compile could not compile the model "
                             f"({' '.join(str(exc).split())[:200]}); run with compile=false") from exc
@@ -258,7 +259,7 @@ class ContinualTrainer:
         optimizer = self.optimizer
         for batch in batches:
             self.stop_check()
-            logits = self.forward(self.model, batch.x)
+            logits = self.logits(batch.x)
             masked = self.train_logits(logits, batch.task)
             loss = F.cross_entropy(masked, batch.y)
             total = loss
@@ -306,7 +307,7 @@ class ContinualTrainer:
         plain = torch.zeros(len(segments), dtype=torch.long, device=self.device)
         masked = torch.zeros(len(segments), dtype=torch.long, device=self.device)
         for batch, segment in self.eval_set.chunks(segments):
-            logits = self.forward(self.model, batch.x)
+            logits = self.logits(batch.x)
             plain.index_add_(0, segment, (logits.argmax(1) == batch.y).long())
             hits = logits.masked_fill(~self.masks[batch.task], float("-inf")).argmax(1) == batch.y
             masked.index_add_(0, segment, hits.long())

@@ -14,9 +14,11 @@ QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=non
 what=${1:-all}
 
 searches() {
-  for c in vit bvit bvit_full bnn bnn_ln; do
+  for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide; do
     "$PY" run.py -m +search=meta +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
+  "$PY" run.py -m +search=meta_rms +candidate=bvit_full_rms hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 \
+    "${QUIET[@]}"
   for c in bvit_full bnn_ln; do
     for s in ewc si lwf; do  # 4 trials of TPE's random start, then 3 quasi-random ones to cover the range
       "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=4 hydra.sweeper.n_jobs=2 \
@@ -29,7 +31,7 @@ searches() {
 }
 
 seeds() {
-  for sweep in science baselines science_split science_5tasks science_screen; do
+  for sweep in science baselines science_split science_5tasks science_screen science_followup; do
     "$PY" run.py -m +sweep=$sweep hydra.sweep.dir="$OUT/science/$sweep" "${QUIET[@]}"
   done
   # the default net before the study, for the comparison with the new default
@@ -43,6 +45,8 @@ reports() {
   "$PY" -m metaplastic_vit.report "$OUT/science/science_5tasks" --out docs/science/science_5tasks
   "$PY" -m metaplastic_vit.report "$OUT/science/science_split" --out docs/science/science_split
   "$PY" -m metaplastic_vit.report "$OUT/science/science_screen" --out docs/science/science_screen
+  "$PY" -m metaplastic_vit.report "$OUT/science/science_followup" "$OUT"/science/science/*+candidate=bvit_full,* \
+    --out docs/science/science_followup
   "$PY" -m metaplastic_vit.report "$OUT/science/previous_default" "$OUT"/science/science/+arm=validated,+candidate=bvit_full,* \
     --out docs/science/previous_default
   for dir in "$OUT"/search/search_*/*/; do  # every search: best trials or the Pareto front, test numbers apart
