@@ -14,7 +14,7 @@ QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=non
 what=${1:-all}
 
 searches() {
-  for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide bvit_resid; do
+  for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide bvit_full_deep bvit_full_binmeta bvit_resid; do
     "$PY" run.py -m +search=meta +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
   "$PY" run.py -m +search=meta_rms +candidate=bvit_full_rms hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 \
