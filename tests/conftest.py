@@ -60,3 +60,8 @@ def cli(tmp_path):
         return run_cli(list(args), tmp_path / "out", **kw)
     call.out = tmp_path / "out"
     return call
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slurm tests first: they mostly wait on the scheduler, so started early they overlap the CPU-bound rest."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
