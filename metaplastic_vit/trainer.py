@@ -146,6 +146,10 @@ class ContinualTrainer:
         self._saved: tuple[int, int] | None = None  # the epoch of the newest checkpoint
         self.device = next(model.parameters()).device
         self.compiled = torch.compile(model) if settings.compile else None
+        if self.compiled is not None:
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            self._compile_failure = BackendCompilerFailed
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.masks = data.task_masks
         self.has_val = all(len(t.splits["val"]) for t in data.tasks)
@@ -171,11 +175,9 @@ class ContinualTrainer:
         """The trained model's logits for `x` in training and testing: compiled when the run compiles."""
         if self.compiled is None:
             return self.forward(self.model, x)
-        from torch._dynamo.exc import BackendCompilerFailed
-
         try:
             return self.forward(self.compiled, x)
-        except BackendCompilerFailed as exc:
+        except self._compile_failure as exc:
             raise UserError(f"compile=true: torch.compile could not compile the model "
                             f"({' '.join(str(exc).split())[:200]}); run with compile=false") from exc
 

@@ -174,9 +174,9 @@ def test_every_strategy_resumes_exactly(tmp_path, monkeypatch, strategy):
 
 @pytest.mark.slow  # compiling on a CPU takes a minute
 def test_a_compiled_model_trains_like_the_eager_one(tmp_path):
-    args = tiny("net=bvit_full_ln", "epochs_per_task=1")
     from torch._dynamo.utils import counters
 
+    args = tiny("net=bvit_full_ln", "epochs_per_task=1")
     eager = run(tmp_path / "eager", *args)
     counters.clear()
     compiled = run(tmp_path / "compiled", *args, "compile=true")
