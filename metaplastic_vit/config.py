@@ -47,13 +47,14 @@ class _NetConfig:
     binary_scale: BinaryScale | None = None
     per_task: list[str] | None = None  # modules kept once per task (task-aware tests only)
     frozen: list[str] | None = None  # parameters kept at their initial values (e.g. [pos_embed, cls_token])
+    norm: str | None = None  # null: the registry's; layer (per sample) or batch (running statistics)
 
 
 @dataclass
 class ViTNetConfig(_NetConfig):
     """A timm ViT net; its sizes come from the `arch` group."""
 
-    norm_affine: bool | None = None  # null: the registry's; false: LayerNorms without a learned scale and shift
+    norm_affine: bool | None = None  # null: the registry's; false: norms without a learned scale and shift
 
     img_size: Any = "${arch.img_size}"  # null: the data's native size
     patch_size: Any = "${arch.patch_size}"
@@ -130,6 +131,7 @@ class MetaplasticAdamConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     meta_on: MetaOn = MetaOn.all
+    meta_layers: dict[str, Any] = field(default_factory=dict)  # {group: {patterns: [...], meta: m}}
     meta_scale: MetaScale = MetaScale.none
     implementation: Implementation = Implementation.auto
 

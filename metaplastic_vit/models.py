@@ -27,9 +27,10 @@ class NetSpec:
     `binary_weights`: modules (Linear/Conv2d) computing with sign(W_h); `binary_inputs`: modules whose input
     is binarized (straight-through sign); both fnmatch patterns over `named_modules()` names. `per_task`:
     modules whose parameters and buffers are kept once per task (used only by a task-aware test).
-    `norm_affine`: whether the ViT's LayerNorms learn a scale and shift; `frozen`: parameters (fnmatch
-    patterns over `named_parameters()` names, e.g. ``pos_embed``) kept at their initial values; `mlp_norm`:
-    the MLP's normalisation, "batch" (the paper's) or "layer" (per sample: no statistics kept).
+    `norm`: the normalisation, "layer" (per sample: no statistics kept; timm's ViT) or "batch" (running
+    statistics; the paper's MLP; in a ViT per channel over all tokens, `TokenBatchNorm`); `norm_affine`:
+    whether the norms learn a scale and shift; `frozen`: parameters (fnmatch patterns over
+    `named_parameters()` names, e.g. ``pos_embed``) kept at their initial values.
     """
 
     name: str
@@ -38,9 +39,9 @@ class NetSpec:
     binary_inputs: tuple[str, ...] = ()
     scale: BinaryScale = BinaryScale.fan_in
     per_task: tuple[str, ...] = ()
+    norm: str = "layer"
     norm_affine: bool = True
     frozen: tuple[str, ...] = ()
-    mlp_norm: str = "batch"
     summary: str = ""
 
 
@@ -68,13 +69,15 @@ MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
             summary="bvit_full with per-task LayerNorms"),
     # The paper's networks: binary fully connected layers each followed by BatchNorm and a sign activation
     # (real pixels into the first layer); the full-precision twin uses ReLU. BatchNorm kept per task.
-    NetSpec("bnn", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("bn*",),
+    NetSpec("bnn", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("bn*",), norm="batch",
             summary="the paper's binarized MLP with BatchNorm"),
-    NetSpec("dnn", "mlp", scale=BinaryScale.none, per_task=("bn*",), summary="bnn's full-precision twin (ReLU)"),
-    NetSpec("bnn_ln", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("norm*",), mlp_norm="layer",
+    NetSpec("dnn", "mlp", scale=BinaryScale.none, per_task=("bn*",), norm="batch",
+            summary="bnn's full-precision twin (ReLU)"),
+    NetSpec("bnn_ln", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("norm*",),
             summary="bnn with LayerNorm instead of BatchNorm: no statistics carry or lose a task"),
 )}
 
+NORMS = ("layer", "batch")
 VIT_ARCH = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "proj_bias", "class_token")
 MLP_ARCH = ("hidden", "transductive_bn")
 
@@ -111,6 +114,14 @@ class MLP(nn.Module):
         return x
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over tokens: each of the (B, N, C) input's C channels normalised with statistics over all B*N
+    tokens (running statistics at test), a drop-in for a ViT's LayerNorm(C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 def uses_batch_statistics(model: nn.Module) -> bool:
     """Whether the model normalises with each batch's own statistics even when testing (transductive)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in model.modules())
@@ -118,7 +129,8 @@ def uses_batch_statistics(model: nn.Module) -> bool:
 
 def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int = 16, embed_dim: int = 768,
                depth: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               proj_bias: bool = True, class_token: bool = True, norm_affine: bool = True) -> nn.Module:
+               proj_bias: bool = True, class_token: bool = True, norm: str = "layer",
+               norm_affine: bool = True) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     for key, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
@@ -136,32 +148,38 @@ def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int =
                              embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                              qkv_bias=qkv_bias, proj_bias=proj_bias, class_token=class_token,
                              global_pool="token" if class_token else "avg", pos_embed="learn",
-                             norm_layer=partial(nn.LayerNorm, eps=1e-6, elementwise_affine=norm_affine))
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6, elementwise_affine=norm_affine)
+                             if norm == "layer" else partial(TokenBatchNorm, affine=norm_affine))
 
 
 def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
                transductive_bn: bool = False) -> nn.Module:
     if not hidden or any(h < 1 for h in hidden):
         raise UserError(f"net.hidden must list layer widths >= 1, got {list(hidden)}")
-    if transductive_bn and spec.mlp_norm != "batch":
+    if transductive_bn and spec.norm != "batch":
         raise UserError(f"net {spec.name!r} has no BatchNorm: transductive_bn does not apply")
     return MLP(in_chans * img_size * img_size, num_classes, hidden=tuple(hidden),
                activation="sign" if spec.binary_weights else "relu", transductive_bn=transductive_bn,
-               norm=spec.mlp_norm)
+               norm=spec.norm)
 
 
 def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
                  binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
-                 norm_affine: bool | None = None, frozen: Sequence[str] | None = None) -> NetSpec:
+                 norm: str | None = None, norm_affine: bool | None = None,
+                 frozen: Sequence[str] | None = None) -> NetSpec:
     """The registry's spec of net `name` with the given policy fields replaced (None keeps the registry's)."""
     if name not in MODELS:
         raise UserError(f"unknown net {name!r}; choose one of {', '.join(MODELS)}")
+    if norm is not None and norm not in NORMS:
+        raise UserError(f"unknown net.norm {norm!r}; choose one of {', '.join(NORMS)}")
     spec = MODELS[name]
     changes: dict[str, object] = {k: tuple(v) for k, v in (
         ("binary_weights", binary_weights), ("binary_inputs", binary_inputs), ("per_task", per_task),
         ("frozen", frozen)) if v is not None}
     if binary_scale is not None:
         changes["scale"] = BinaryScale(binary_scale)
+    if norm is not None:
+        changes["norm"] = norm
     if norm_affine is not None:
         changes["norm_affine"] = norm_affine
     return dataclasses.replace(spec, **changes)
@@ -170,23 +188,24 @@ def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_
 def create_model(name: str, *, num_classes: int, img_size: int, in_chans: int,
                  binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
                  binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
-                 norm_affine: bool | None = None, frozen: Sequence[str] | None = None, **arch: object) -> nn.Module:
+                 norm: str | None = None, norm_affine: bool | None = None, frozen: Sequence[str] | None = None,
+                 **arch: object) -> nn.Module:
     """Build net `name` (see MODELS) mapping images (B, in_chans, img_size, img_size) to `num_classes` logits.
 
-    `binary_weights`, `binary_inputs`, `binary_scale`, `per_task`, `norm_affine` and `frozen` replace the
+    `binary_weights`, `binary_inputs`, `binary_scale`, `per_task`, `norm`, `norm_affine` and `frozen` replace the
     registry's policy (a variant without code); `arch` holds the family's size keys (VIT_ARCH or MLP_ARCH).
     The returned model carries its resolved spec as `model.net_spec`.
     """
-    spec = resolve_spec(name, binary_weights, binary_inputs, binary_scale, per_task, norm_affine, frozen)
+    spec = resolve_spec(name, binary_weights, binary_inputs, binary_scale, per_task, norm, norm_affine, frozen)
     allowed = VIT_ARCH if spec.family == "vit" else MLP_ARCH
     unknown = sorted(set(arch) - set(allowed))
     if unknown:
         raise UserError(f"unknown arch keys {unknown} for net {name!r}; allowed: {', '.join(allowed)}")
     if spec.family == "vit":
-        model = _build_vit(img_size, in_chans, num_classes, norm_affine=spec.norm_affine, **arch)
+        model = _build_vit(img_size, in_chans, num_classes, norm=spec.norm, norm_affine=spec.norm_affine, **arch)
     else:
         if not spec.norm_affine:
-            raise UserError(f"net {name!r} is an MLP: norm_affine applies to ViT LayerNorms only")
+            raise UserError(f"net {name!r} is an MLP: norm_affine applies to ViT norms only")
         model = _build_mlp(spec, img_size, in_chans, num_classes, **arch)
     model = binarize_model(model, spec.binary_weights, spec.binary_inputs, scale=spec.scale)
     names = [n for n, _ in model.named_parameters()]

@@ -9,9 +9,10 @@ it runs eagerly or compiled by torch.compile into one fused pass per tensor.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -240,10 +241,13 @@ def meta_targets(model: nn.Module, meta_on: MetaOn | str) -> list[tuple[str, nn.
     return [(n, p) for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
 
 
-def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaOn | str) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaOn | str,
+                 meta_layers: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Param groups for MetaplasticAdam: one per distinct meta value, and meta 0 for everything else.
 
     A list `meta` gives one value per target tensor (layer-wise meta, as the paper's --meta list).
+    `meta_layers` names groups of target tensors, {name: {patterns: [fnmatch over parameter names], meta: m}},
+    each with its own meta (layer-wise meta a search can tune one group at a time); `meta` is the rest's.
     """
     targets = meta_targets(model, meta_on)
     if isinstance(meta, int | float):
@@ -254,6 +258,10 @@ def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaO
             names = ", ".join(n for n, _ in targets)
             raise UserError(f"meta has {len(metas)} values but the model has {len(targets)} metaplastic weight "
                             f"tensors (optimizer.meta_on={MetaOn(meta_on).value}): {names}")
+    if meta_layers:
+        if not isinstance(meta, int | float):
+            raise UserError("give layer-wise meta either as a list in meta or as optimizer.meta_layers, not both")
+        metas = _layer_metas([n for n, _ in targets], metas, meta_layers)
     by_meta: dict[float, list[nn.Parameter]] = {}
     for (_, p), m in zip(targets, metas, strict=True):
         by_meta.setdefault(m, []).append(p)
@@ -265,10 +273,36 @@ def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaO
     return groups
 
 
+def _layer_metas(names: list[str], metas: list[float], meta_layers: Mapping[str, Mapping[str, Any]]) -> list[float]:
+    """`metas` with each optimizer.meta_layers group's value on the tensors its patterns match (each tensor in
+    at most one group; every group matching some tensor)."""
+    metas = list(metas)
+    owner: dict[str, str] = {}
+    for group, spec in meta_layers.items():
+        if not isinstance(spec, Mapping) or set(spec) != {"patterns", "meta"}:
+            raise UserError(f"optimizer.meta_layers.{group} must be {{patterns: [fnmatch patterns], meta: number}}, "
+                            f"got {spec!r}")
+        value = spec["meta"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise UserError(f"optimizer.meta_layers.{group}.meta must be a number >= 0, got {value!r}")
+        hits = [i for i, n in enumerate(names) if any(fnmatch.fnmatchcase(n, p) for p in spec["patterns"])]
+        if not hits:
+            raise UserError(f"optimizer.meta_layers.{group} matches no metaplastic weight tensor; names: "
+                            f"{', '.join(names)}")
+        for i in hits:
+            if names[i] in owner:
+                raise UserError(f"{names[i]} is in optimizer.meta_layers.{owner[names[i]]} and .{group}; "
+                                "make the groups' patterns disjoint")
+            owner[names[i]] = group
+            metas[i] = float(value)
+    return metas
+
+
 def metaplastic_adam(model: nn.Module, *, lr: float, weight_decay: float, meta: float | Sequence[float],
-                     meta_on: MetaOn | str = MetaOn.all, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                     meta_on: MetaOn | str = MetaOn.all, meta_layers: Mapping[str, Mapping[str, Any]] | None = None,
+                     betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
                      meta_scale: MetaScale | str = MetaScale.none,
                      implementation: Implementation | str = Implementation.auto) -> MetaplasticAdam:
     """MetaplasticAdam over `model`'s parameters, grouped by meta (the optimizer config's target)."""
-    return MetaplasticAdam(param_groups(model, meta, meta_on), lr=lr, betas=betas, eps=eps,
+    return MetaplasticAdam(param_groups(model, meta, meta_on, meta_layers), lr=lr, betas=betas, eps=eps,
                            weight_decay=weight_decay, meta_scale=meta_scale, implementation=implementation)

@@ -117,6 +117,7 @@ def test_every_candidate_arm_baseline_and_search_composes():
     for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
         validated = OmegaConf.load(path).get("tags", {}).get("validated", {})
         arms = ("validated", "no_meta") if "meta" in validated else ("no_meta",)
+        arms += ("validated_layers",) if {"attn", "io"} <= validated.keys() else ()
         for arm in arms:
             experiment.validate(config(f"+candidate={path.stem}", f"+arm={arm}"))
         for baseline in sorted(validated.keys() & set(baselines)):  # the strengths chosen for this candidate
@@ -128,3 +129,14 @@ def test_every_candidate_arm_baseline_and_search_composes():
     for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
         experiment.validate(config(f"+search={path.stem}"))
     assert experiment.validate(config("+candidate=bnn", "+arm=no_meta")).meta == 0
+
+
+def test_layer_wise_candidate_follows_meta_unless_its_groups_are_validated():
+    def metas(*overrides):
+        cfg = experiment.validate(config("+candidate=bvit_full_layerwise", *overrides))
+        return cfg.meta, {g: v["meta"] for g, v in cfg.optimizer.meta_layers.items()}
+
+    assert metas("+arm=no_meta") == (0, {"attn": 0, "io": 0})  # bvit_full's meta 0
+    assert metas("meta=7") == (7, {"attn": 7, "io": 7})  # bvit_full at meta 7
+    assert metas("+arm=validated_layers", "++tags.validated={meta: 3.0, attn: 5.0, io: 0.0}") == (
+        3.0, {"attn": 5.0, "io": 0.0})

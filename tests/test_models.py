@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from metaplastic_vit.binarize import BinaryLinear
 from metaplastic_vit.errors import UserError
-from metaplastic_vit.models import MODELS, create_model
+from metaplastic_vit.models import MODELS, TokenBatchNorm, create_model
 
 TINY = dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=32, depth=2, num_heads=4)
 
@@ -167,3 +167,24 @@ def test_vit_without_class_token_or_projection_biases():
     assert model.cls_token is None and model.global_pool == "avg"
     assert model.blocks[0].attn.proj.bias is None and model.blocks[0].mlp.fc1.bias is None
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_vit_with_running_statistics_normalisation():
+    torch.manual_seed(0)
+    model = create_model("bvit_full", norm="batch", **TINY)
+    norms = [model.blocks[0].norm1, model.blocks[0].norm2, model.blocks[1].norm1, model.norm]
+    assert all(isinstance(m, TokenBatchNorm) for m in norms)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    tokens = torch.randn(3, 17, 32)
+    norm = model.blocks[0].norm1
+    out = norm(tokens)  # training: each channel over all 3 * 17 tokens, and the running statistics move
+    flat = tokens.reshape(-1, 32)
+    expected = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + norm.eps)
+    torch.testing.assert_close(out, expected.reshape(3, 17, 32))
+    torch.testing.assert_close(norm.running_mean, 0.1 * flat.mean(0))
+    model.eval()  # testing: running statistics, so one sample's logits do not depend on its batch
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(model(x[:1]), model(x)[:1])
+    assert create_model("bvit_full", norm="batch", norm_affine=False, **TINY).norm.weight is None
+    with pytest.raises(UserError, match="unknown net.norm 'group'"):
+        create_model("bvit_full", norm="group", **TINY)

@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 
 from metaplastic_vit.errors import UserError
 from metaplastic_vit.models import create_model
-from metaplastic_vit.optim import MetaplasticAdam, attenuation
+from metaplastic_vit.optim import MetaplasticAdam, attenuation, param_groups
 
 
 def _params(seed=0):
@@ -234,3 +234,25 @@ def test_attenuation_is_the_papers_formula():
     rms = w.square().mean().sqrt()
     torch.testing.assert_close(attenuation(w, 3.0, relative=True), 1 - torch.tanh(3.0 * w.abs() / rms) ** 2)
     assert attenuation(torch.tensor([400.0]), 50.0).item() == 0.0  # no overflow where f_meta vanishes
+
+
+def test_layer_wise_meta_by_named_groups():
+    model = create_model("bvit_full", img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=16, depth=2,
+                         num_heads=2)
+    groups = param_groups(model, 2.0, "all", {"attn": {"patterns": ["blocks.*.attn.*"], "meta": 30.0},
+                                              "head": {"patterns": ["head.*"], "meta": 0.0}})
+    meta_of = {id(p): g["meta"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = (0.0 if p.dim() < 2 or name.startswith("head.") else 30.0 if ".attn." in name else 2.0)
+        assert meta_of[id(p)] == expected, name
+    with pytest.raises(UserError, match="blocks.0.attn.qkv.weight is in optimizer.meta_layers.a and .b"):
+        param_groups(model, 1.0, "all", {"a": {"patterns": ["blocks.*"], "meta": 1.0},
+                                         "b": {"patterns": ["*.qkv.*"], "meta": 2.0}})
+    with pytest.raises(UserError, match="meta_layers.x matches no metaplastic weight tensor"):
+        param_groups(model, 1.0, "all", {"x": {"patterns": ["blocks.*.norm1.*"], "meta": 1.0}})
+    with pytest.raises(UserError, match=r"meta_layers.x must be \{patterns"):
+        param_groups(model, 1.0, "all", {"x": {"pattern": ["head.*"], "meta": 1.0}})
+    with pytest.raises(UserError, match="meta_layers.x.meta must be a number >= 0"):
+        param_groups(model, 1.0, "all", {"x": {"patterns": ["head.*"], "meta": -1}})
+    with pytest.raises(UserError, match="either as a list in meta or as optimizer.meta_layers"):
+        param_groups(model, [1.0] * 12, "all", {"x": {"patterns": ["head.*"], "meta": 1.0}})
