@@ -14,10 +14,13 @@ QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=non
 what=${1:-all}
 
 searches() {
-  for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide bvit_full_deep bvit_full_binmeta bvit_resid; do
+  for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide bvit_full_deep bvit_full_binmeta bvit_resid \
+      bvit_full_noaffine bvit_full_frozen bvit_full_nocls bvit_full_nobias bvit_full_mlp16 bvit_full_bn; do
     "$PY" run.py -m +search=meta +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
   "$PY" run.py -m +search=meta_rms +candidate=bvit_full_rms hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 \
+    "${QUIET[@]}"
+  "$PY" run.py -m +search=meta_layers +candidate=bvit_full_layerwise hydra.sweeper.n_trials=12 hydra.sweeper.n_jobs=2 \
     "${QUIET[@]}"
   for c in bvit_full bnn_ln; do
     for s in ewc si lwf; do  # 4 trials of TPE's random start, then 3 quasi-random ones to cover the range
@@ -31,7 +34,8 @@ searches() {
 }
 
 seeds() {
-  for sweep in science baselines science_split science_5tasks science_screen science_followup; do
+  for sweep in science baselines science_split science_5tasks science_screen science_followup \
+      science_screen_seeds science_norm science_layers; do
     "$PY" run.py -m +sweep=$sweep hydra.sweep.dir="$OUT/science/$sweep" "${QUIET[@]}"
   done
   # the default net before the study, for the comparison with the new default
@@ -47,6 +51,10 @@ reports() {
   "$PY" -m metaplastic_vit.report "$OUT/science/science_screen" --out docs/science/science_screen
   "$PY" -m metaplastic_vit.report "$OUT/science/science_followup" "$OUT"/science/science/*+candidate=bvit_full,* \
     --out docs/science/science_followup
+  "$PY" -m metaplastic_vit.report "$OUT/science/science_screen_seeds" "$OUT"/science/science/*+candidate=bvit_full,* \
+    --out docs/science/science_screen_seeds
+  "$PY" -m metaplastic_vit.report "$OUT/science/science_norm" "$OUT/science/science_layers" \
+    "$OUT"/science/science/*+candidate=bvit_full,* --out docs/science/science_norm_layers
   "$PY" -m metaplastic_vit.report "$OUT/science/previous_default" "$OUT"/science/science/+arm=validated,+candidate=bvit_full,* \
     --out docs/science/previous_default
   for dir in "$OUT"/search/search_*/*/; do  # every search: best trials or the Pareto front, test numbers apart
