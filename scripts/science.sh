@@ -15,7 +15,7 @@ what=${1:-all}
 
 searches() {
   for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide bvit_full_deep bvit_full_binmeta bvit_resid \
-      bvit_full_noaffine bvit_full_frozen bvit_full_nocls bvit_full_nobias bvit_full_mlp16 bvit_full_bn; do
+      bvit_full_noaffine bvit_full_frozen bvit_full_nocls bvit_full_nobias bvit_full_mlp16 bvit_full_long bvit_full_bn; do
     "$PY" run.py -m +search=meta +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
   "$PY" run.py -m +search=meta_rms +candidate=bvit_full_rms hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 \
