@@ -22,13 +22,15 @@ searches() {
     "${QUIET[@]}"
   "$PY" run.py -m +search=meta_layers +candidate=bvit_full_layerwise hydra.sweeper.n_trials=12 hydra.sweeper.n_jobs=2 \
     "${QUIET[@]}"
-  for c in bvit_full bnn_ln; do
+  for c in bvit_full bnn_ln bvit_full_nocls; do
     for s in ewc si lwf; do  # 4 trials of TPE's random start, then 3 quasi-random ones to cover the range
       "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=4 hydra.sweeper.n_jobs=2 \
         "${QUIET[@]}"
       "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=7 hydra.sweeper.sampler=qmc \
         hydra.sweeper.n_jobs=2 "${QUIET[@]}"
     done
+  done
+  for c in bvit_full bnn_ln; do
     "$PY" run.py -m +search=meta_front +candidate=$c hydra.sweeper.n_trials=6 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
   done
 }
@@ -45,7 +47,8 @@ seeds() {
 reports() {
   "$PY" -m metaplastic_vit.report "$OUT/science/science" --out docs/science/science
   "$PY" -m metaplastic_vit.report "$OUT/science/baselines" "$OUT"/science/science/*+candidate=bvit_full,* \
-    "$OUT"/science/science/*+candidate=bnn_ln,* --out docs/science/baselines
+    "$OUT"/science/science/*+candidate=bnn_ln,* "$OUT"/science/science_screen_seeds/*+candidate=bvit_full_nocls,* \
+    --out docs/science/baselines
   "$PY" -m metaplastic_vit.report "$OUT/science/science_5tasks" --out docs/science/science_5tasks
   "$PY" -m metaplastic_vit.report "$OUT/science/science_split" --out docs/science/science_split
   "$PY" -m metaplastic_vit.report "$OUT/science/science_screen" --out docs/science/science_screen
