@@ -38,24 +38,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 # Below this many parameters a CPU run trains fastest on one thread: the per-op work of a training batch is too
-# small to share (benchmarks/RESULTS.md); testing, in larger batches, still uses every core.
+# small to share (benchmarks/RESULTS.md); a second core tests each epoch while the next one trains.
 ONE_THREAD_BELOW_PARAMS = 1_000_000
 
 
 def set_threads(threads: int | None, launcher_cpus: int | None, model: nn.Module, device: torch.device
-                ) -> tuple[int, int]:
+                ) -> tuple[int, int, bool]:
     """Use the cores this job was given: `threads`, else Slurm's or the local launcher's cpus_per_task, else
-    one thread to train a small model on the CPU (all cores to test it), else torch's default (all cores).
-    Returns the training and the testing thread counts."""
+    one thread to train a small model on a CPU with several cores (and one more to test each epoch beside
+    the next one's training), else torch's default (all cores). Returns the thread counts of training and of
+    testing in the loop, and whether to test beside training."""
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or launcher_cpus
     if threads:
         torch.set_num_threads(threads)
-        return threads, threads
+        return threads, threads, False
     cores = len(os.sched_getaffinity(0))
     if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < ONE_THREAD_BELOW_PARAMS:
         torch.set_num_threads(1)
-        return 1, cores
-    return cores, cores
+        return 1, cores, cores > 1
+    return cores, cores, False
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
                                                   in_chans=data.in_chans).to(device)
-    threads, eval_threads = set_threads(cfg.threads, launcher_cpus, model, device)
+    threads, eval_threads, beside = set_threads(cfg.threads, launcher_cpus, model, device)
     plugins = build_plugins(cfg, model, run_dir)
     config = plain(cfg)
     template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value, net=cfg.net.name,
@@ -134,6 +135,7 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
                           eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
                           fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,
-                          seed=cfg.seed, eval_threads=eval_threads, compile=cfg.compile)
+                          seed=cfg.seed, eval_threads=eval_threads, compile=cfg.compile,
+                          test_beside_training=beside)
     return ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
                             fingerprint(cfg, precision), template, interrupts.check if interrupts else None)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .atomic import write_json
+from .atomic import atomic_write
 
 FORMAT = 2
 RESULTS = "results.json"
@@ -90,6 +90,8 @@ class RunRecord:
     epochs: list[EpochRecord] = field(default_factory=list)
     startup_s: float | None = None  # from the process's start to its first epoch (imports, data, model)
     train_time_s: float = 0.0
+    # seconds the loop spent testing, or waiting for a test running beside training (the copy of the model
+    # it tests included): what testing adds to the run
     eval_time_s: float = 0.0
     resumes: list[dict[str, int]] = field(default_factory=list)
     format: int = FORMAT
@@ -141,8 +143,20 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def write_record(path: str | Path, record: RunRecord) -> None:
-    """Write the record as results.json, atomically."""
-    write_json(path, record.to_dict())
+    """Write the record as results.json, atomically, one top-level key per line.
+
+    The record grows with every epoch and is rewritten after each: it is encoded by the C JSON encoder
+    (no indentation inside a value) straight from the dataclasses, without copying them first.
+    """
+    def plain(obj: Any) -> dict[str, Any]:
+        if dataclasses.is_dataclass(obj):
+            return vars(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON data")
+
+    lines = [f"  {json.dumps(f.name)}: {json.dumps(getattr(record, f.name), default=plain, allow_nan=True)}"
+             for f in dataclasses.fields(record)]
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def _matrix_ok(value: Any, rows: int | None = None, cols: int | None = None) -> bool:

@@ -4,17 +4,22 @@ Everything else is a plugin (metaplastic_vit.strategies.base.Plugin): baselines,
 diagnostics and the result sinks. After every epoch the trainer tests every task three ways (the run's
 scenario, task-aware, and the validation split), builds the results record and checkpoints atomically
 (model, optimizer, plugins, RNG, history), so running again in the same directory resumes from the last
-finished epoch and ends with the same results as an uninterrupted run.
+finished epoch and ends with the same results as an uninterrupted run. With
+`TrainSettings.test_beside_training` (a small model training on one of several CPU cores) each epoch's
+test runs on a copy of the model in a second thread while the next epoch trains; its record and
+checkpoint (of the state the copy was taken from) follow when it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -85,6 +90,9 @@ class TrainSettings:
     checkpoint: bool = True
     seed: int = 0
     eval_threads: int | None = None  # CPU threads while testing (large batches); None: those of training
+    # test each epoch on a copy of the model in a second thread while the next epoch trains (the same results;
+    # for a CPU with a core to spare: torch's thread count is per process, so both threads use training's)
+    test_beside_training: bool = False
     compile: bool = False  # the trainer's own passes (training, testing) through torch.compile; plugins' stay eager
 
 
@@ -103,8 +111,9 @@ class _State:
     eval_time: float = 0.0
     resumes: list[dict[str, int]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {**self.__dict__, "epochs": [dataclasses.asdict(e) for e in self.epochs]}
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint (the epochs' own fields, not copies: it is written at once)."""
+        return {**self.__dict__, "epochs": [vars(e) for e in self.epochs]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _State:  # noqa: D102
@@ -118,6 +127,20 @@ class Evaluation:
     test: list[float]
     task_aware: list[float]
     val: list[float]
+
+
+@dataclass
+class _Trained:
+    """An epoch that has trained and waits for its test: what its record and checkpoint need besides it."""
+
+    ctx: TaskContext
+    epoch: int
+    loss: float
+    acc: float
+    train_s: float
+    extra: dict[str, Any]
+    test: Callable[[], Evaluation]  # the test's results (waits for a test running beside training)
+    training_state: dict[str, Any] | None  # what the checkpoint keeps, copied at the epoch's end; None: live
 
 
 class ContinualTrainer:
@@ -143,6 +166,11 @@ class ContinualTrainer:
         self.resumed = False
         self.startup_s: float | None = None
         self._current = (0, 0)  # the epoch being trained (task, epoch)
+        self._next = (0, 0)  # the epoch to train next
+        self._pending: _Trained | None = None  # the newest trained epoch, until its test is recorded
+        # testing beside training uses an eager copy of the model: only where the loop's own passes are eager
+        self._tester = (ThreadPoolExecutor(1, "tester") if settings.test_beside_training and not settings.compile
+                        else None)
         self._saved: tuple[int, int] | None = None  # the epoch of the newest checkpoint
         self.device = next(model.parameters()).device
         self.compiled = torch.compile(model) if settings.compile else None
@@ -205,14 +233,17 @@ class ContinualTrainer:
     def checkpoint_path(self) -> Path:  # noqa: D102
         return self.run_dir / CHECKPOINT
 
-    def _save(self) -> None:
-        save_torch(self.checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "state": self.state.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "plugins": {p.name: p.state_dict() for p in self.plugins}, "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        })
+    def _training_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the history: model, optimizer, scaler, plugins and RNG (live)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "plugins": {p.name: p.state_dict() for p in self.plugins}, "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state()}
+
+    def _save(self, training_state: dict[str, Any] | None) -> None:
+        save_torch(self.checkpoint_path, {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
+                                          "state": self.state.to_dict(),
+                                          **(training_state or self._training_state())})
 
     def restore(self) -> bool:
         """Load the checkpoint if there is one (and checkpoints are on); refuse one from a different experiment.
@@ -303,13 +334,14 @@ class ContinualTrainer:
                 return state
         return None
 
-    def _count(self, segments: list[tuple[int, str]]) -> tuple[list[int], list[int]]:
-        """Correct predictions of the current model on each (task, split) segment, without and with each
-        task's output mask, in as few batches as the test batch size allows."""
+    def _count(self, segments: list[tuple[int, str]], logits_of: Callable[[torch.Tensor], torch.Tensor]
+               ) -> tuple[list[int], list[int]]:
+        """Correct predictions of `logits_of` on each (task, split) segment, without and with each task's
+        output mask, in as few batches as the test batch size allows."""
         plain = torch.zeros(len(segments), dtype=torch.long, device=self.device)
         masked = torch.zeros(len(segments), dtype=torch.long, device=self.device)
         for batch, segment in self.eval_set.chunks(segments):
-            logits = self.logits(batch.x)
+            logits = logits_of(batch.x)
             plain.index_add_(0, segment, (logits.argmax(1) == batch.y).long())
             hits = logits.masked_fill(~self.masks[batch.task], float("-inf")).argmax(1) == batch.y
             masked.index_add_(0, segment, hits.long())
@@ -318,29 +350,51 @@ class ContinualTrainer:
     def _percent(self, correct: int, task: int, split: str) -> float:
         return 100.0 * correct / max(len(self.data.tasks[task].splits[split]), 1)
 
-    @torch.no_grad()
     def evaluate(self) -> Evaluation:
-        """Every task's test accuracy under the run's scenario and task-aware, and its validation accuracy.
+        """Every task's test accuracy under the run's scenario and task-aware, and its validation accuracy,
+        of the live model, in this thread."""
+        start = time.perf_counter()
+        self.model.eval()
+        with threads(self.s.eval_threads):
+            evaluation = self._test(self.logits, {j: self._task_state(j) for j in range(len(self.data.tasks))})
+        self.state.eval_time += time.perf_counter() - start
+        return evaluation
+
+    def _start_test(self) -> tuple[Callable[[], Evaluation], bool]:
+        """Test the trained epoch: beside the next epoch's training on a copy of the model when the run has a
+        tester thread and every task is tested with the live state, else now. Returns the results' getter
+        and whether the test runs beside training."""
+        states = {j: self._task_state(j) for j in range(len(self.data.tasks))}
+        if self._tester is None or any(state is not None for state in states.values()):
+            evaluation = self.evaluate()
+            return (lambda: evaluation), False
+        start = time.perf_counter()
+        frozen = copy.deepcopy(self.model).eval()
+        self.model.eval()  # as after a test in this thread: the plugins' task-end work sees the same mode
+        self.state.eval_time += time.perf_counter() - start
+        return self._tester.submit(self._test, lambda x: self.forward(frozen, x), states).result, True
+
+    @torch.no_grad()
+    def _test(self, logits_of: Callable[[torch.Tensor], torch.Tensor],
+              states: dict[int, contextlib.AbstractContextManager | None]) -> Evaluation:
+        """The three tests of every task through `logits_of` (the model in eval mode), given each task's
+        per-task state (None: the live one).
 
         Without the task id (domain, class) every task is tested with the live state and no mask, all tasks
         in one pass; the task-aware test masks the outputs to the task's classes, and tasks whose per-task
         state differs from the live one are passed again with it restored.
         """
-        start = time.perf_counter()
-        self.model.eval()
         tasks = range(len(self.data.tasks))
         splits = ("test", "val") if self.has_val else ("test",)
         aware_scenario = self.data.scenario == Scenario.task
-        states = {j: self._task_state(j) for j in tasks}
         live = [(j, split) for j in tasks for split in splits if not (aware_scenario and states[j] is not None)]
         own = {}  # (task, split) -> correct with the task's own state and mask
-        with threads(self.s.eval_threads):
-            plain, masked = self._count(live)
-            for j in tasks:
-                if states[j] is not None:
-                    segments = [(j, split) for split in (splits if aware_scenario else ("test",))]
-                    with states[j]:
-                        own.update(zip(segments, self._count(segments)[1], strict=True))
+        plain, masked = self._count(live, logits_of)
+        for j in tasks:
+            if states[j] is not None:
+                segments = [(j, split) for split in (splits if aware_scenario else ("test",))]
+                with states[j]:
+                    own.update(zip(segments, self._count(segments, logits_of)[1], strict=True))
         result = {seg: (p, m) for seg, p, m in zip(live, plain, masked, strict=True)}
         for (j, split), (_, m) in result.items():
             own.setdefault((j, split), m)
@@ -351,7 +405,6 @@ class ContinualTrainer:
         else:
             test = [self._percent(result[(j, "test")][0], j, "test") for j in tasks]
             val = [self._percent(result[(j, "val")][0], j, "val") for j in tasks] if self.has_val else []
-        self.state.eval_time += time.perf_counter() - start
         return Evaluation(test, aware, val)
 
     # ------------------------------------------------------------------ the run
@@ -393,21 +446,27 @@ class ContinualTrainer:
         try:
             return self._run()
         finally:
+            if self._tester is not None:
+                self._tester.shutdown()
             self._emit("close")
 
     def _run(self) -> RunRecord:
         self.startup_s = process_age()
         st = self.state
+        self._next = (st.next_task, st.next_epoch)
         if self.resumed:
             st.resumes.append({"task": st.next_task, "epoch": st.next_epoch})
             log.info("resuming from %s at task %d epoch %d", self.checkpoint_path, st.next_task + 1,
                      st.next_epoch + 1)
         self._emit("start", self.record("running"), self.resumed)
         try:
-            if st.initial_acc is None:
-                st.initial_acc = self.evaluate().test  # random-init accuracy, for FWT
-            while st.next_task < len(self.data.tasks):
-                self._epoch()
+            try:
+                if st.initial_acc is None:
+                    st.initial_acc = self.evaluate().test  # random-init accuracy, for FWT
+                while self._next[0] < len(self.data.tasks):
+                    self._epoch()
+            finally:
+                self._settle()  # an epoch tested beside the one that failed or was stopped is kept
         except NonFiniteLossError as exc:
             self._finish("failed", f"{exc}; the last good checkpoint is kept")
             raise
@@ -424,37 +483,56 @@ class ContinualTrainer:
         return record
 
     def _epoch(self) -> None:
-        """Train and test one epoch of the current task, then checkpoint and tell the sinks."""
-        st = self.state
-        i = st.next_task
-        self._current = (i, st.next_epoch)
-        if st.next_epoch == 0 and i > 0 and self.s.fresh_optimizer:
+        """Train one epoch of the current task and start its test; record the epoch before it (tested beside
+        this one's training), and this one too when its test ran in the loop."""
+        i, e = self._current = self._next
+        if e == 0 and i > 0 and self.s.fresh_optimizer:
             self.optimizer = self._new_optimizer()
         for group in self.optimizer.param_groups:
             group["lr"] = self._task_lr(i)
         ctx = self._context(i)
-        if st.next_epoch == 0:
+        if e == 0:
             self._emit("before_task", ctx)
         start = time.perf_counter()
         loss, acc = self._train_epoch(ctx)
-        st.train_time += time.perf_counter() - start
-        ev = self.evaluate()
-        last_epoch = st.next_epoch == self.s.epochs_per_task - 1
+        train_s = time.perf_counter() - start
+        self._settle()
+        last_epoch = e == self.s.epochs_per_task - 1
+        test, beside = self._start_test()
         extra: dict[str, Any] = {}
         for plugin in self.plugins:
             extra.update(plugin.measure(ctx, last_epoch))
-        epoch = EpochRecord(task=i, epoch=st.next_epoch, train_loss=loss, train_acc=acc, test_acc=ev.test,
+        if last_epoch:
+            self._emit("after_task", ctx)
+        state = copy.deepcopy(self._training_state()) if beside and self.s.checkpoint else None
+        self._pending = _Trained(ctx, e, loss, acc, train_s, extra, test, state)
+        self._next = (i + 1, 0) if last_epoch else (i, e + 1)
+        if not beside:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Record the pending epoch once its test has ended: the record, the checkpoint, the sinks."""
+        done, self._pending = self._pending, None
+        if done is None:
+            return
+        st = self.state
+        start = time.perf_counter()
+        ev = done.test()
+        st.eval_time += time.perf_counter() - start
+        st.train_time += done.train_s
+        i = done.ctx.index
+        last_epoch = done.epoch == self.s.epochs_per_task - 1
+        epoch = EpochRecord(task=i, epoch=done.epoch, train_loss=done.loss, train_acc=done.acc, test_acc=ev.test,
                             test_acc_task_aware=ev.task_aware, val_acc=ev.val,
-                            mean_seen_acc=sum(ev.test[:i + 1]) / (i + 1), lr=self._task_lr(i), **extra)
+                            mean_seen_acc=sum(ev.test[:i + 1]) / (i + 1), lr=self._task_lr(i), **done.extra)
         st.epochs.append(epoch)
         if last_epoch:
             st.acc_matrix.append(ev.test)
             st.acc_matrix_task_aware.append(ev.task_aware)
             st.val_acc_matrix.append(ev.val)
-            self._emit("after_task", ctx)
-        st.next_task, st.next_epoch = (i + 1, 0) if last_epoch else (i, st.next_epoch + 1)
+        st.next_task, st.next_epoch = (i + 1, 0) if last_epoch else (i, done.epoch + 1)
         if self.s.checkpoint:
-            self._save()
+            self._save(done.training_state)
             self._saved = (epoch.task, epoch.epoch)
         record = self.record("running")
         self._emit("epoch", epoch, record)

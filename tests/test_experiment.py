@@ -139,10 +139,27 @@ def test_layerwise_meta_and_the_task_scenario_on_a_split(tmp_path):
     assert record.scenario == "task" and len(record.tasks) == 5 and record.meta == [0, 5, 10]
 
 
-def test_cpu_runs_are_exactly_reproducible(tmp_path):
+def test_cpu_runs_are_exactly_reproducible(tmp_path, monkeypatch):
+    """Also whether each epoch is tested in the loop (threads=1) or beside the next one's training (threads
+    unset on two cores)."""
     a = run(tmp_path / "a", *tiny())
-    b = run(tmp_path / "b", *tiny())
-    assert [e.__dict__ for e in a.epochs] == [e.__dict__ for e in b.epochs]
+    monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: {0, 1})
+    b = run(tmp_path / "b", *[o for o in tiny() if o != "threads=1"])
+    assert [e.__dict__ for e in a.epochs] == [e.__dict__ for e in b.epochs] and b.threads == 1
+
+
+def test_a_small_model_trains_on_one_core_and_is_tested_on_another(monkeypatch):
+    before = torch.get_num_threads()
+    small, cpu = torch.nn.Linear(4, 2), torch.device("cpu")
+    try:
+        monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+        assert experiment.set_threads(None, None, small, cpu) == (1, 3, True)
+        assert experiment.set_threads(2, None, small, cpu) == (2, 2, False)  # the cores asked for, tests in the loop
+        assert experiment.set_threads(None, 1, small, cpu) == (1, 1, False)  # a local launcher's slot
+        monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: {0})
+        assert experiment.set_threads(None, None, small, cpu) == (1, 1, False)  # no core to spare
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_finished_run_is_not_retrained(tmp_path):

@@ -184,3 +184,54 @@ def test_a_compiled_model_trains_like_the_eager_one(tmp_path):
     assert [e.train_loss for e in compiled.epochs] == pytest.approx([e.train_loss for e in eager.epochs], rel=1e-3)
     for ours, theirs in zip(compiled.acc_matrix_task_aware, eager.acc_matrix_task_aware, strict=True):
         assert ours == pytest.approx(theirs, abs=2.0)  # fused kernels round differently: a sample may flip
+
+
+class StopAtStep(Recorder):
+    """A recorder that stops the run (as a fault would) at a given training step."""
+
+    def __init__(self, stop_at):
+        super().__init__()
+        self.stop_at = stop_at
+
+    def after_step(self, ctx, batch):
+        super().after_step(ctx, batch)
+        if self.steps == self.stop_at:
+            raise Stop
+
+
+def test_testing_beside_training_records_the_same_run(tmp_path):
+    """Each epoch tested on a copy of the model in a second thread while the next one trains: the same
+    records and checkpoint as testing in the loop; the sinks hear of an epoch once the next has trained."""
+    inline, beside = Recorder(), Recorder()
+    reference = _trainer(tmp_path / "inline", [inline]).run()
+    trainer = _trainer(tmp_path / "beside", [beside], test_beside_training=True)
+    record = trainer.run()
+    assert trainer._tester is not None and record.status == "completed"
+    assert record.epochs == reference.epochs and record.initial_acc == reference.initial_acc
+    assert record.acc_matrix == reference.acc_matrix and record.val_acc_matrix == reference.val_acc_matrix
+    assert record.acc_matrix_task_aware == reference.acc_matrix_task_aware
+    assert beside.calls == [("start", False), ("before_task", 0), ("epoch", 0, 0), ("after_task", 0),
+                            ("before_task", 1), ("epoch", 0, 1), ("task_end", 1), ("epoch", 1, 0),
+                            ("after_task", 1), ("epoch", 1, 1), ("task_end", 2), ("finish", "completed"),
+                            ("close",)]
+    ours, theirs = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "beside",
+                                                                                  tmp_path / "inline"))
+    for key in ("model", "plugins", "generator", "torch_rng"):
+        assert repr(ours[key]) == repr(theirs[key]), key
+    assert repr(ours["optimizer"]) == repr(theirs["optimizer"])
+
+
+def test_a_run_stopped_while_testing_beside_training_keeps_the_tested_epoch_and_resumes_exactly(tmp_path):
+    """Stopped in the third epoch (the second still under test): the second epoch is recorded and
+    checkpointed with the state it ended with, and the resumed run ends as an uninterrupted one."""
+    reference = _trainer(tmp_path / "reference", [Recorder()]).run()
+    with pytest.raises(Stop):
+        _trainer(tmp_path / "run", [StopAtStep(17)], test_beside_training=True).run()  # 7 steps per epoch
+    kept = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert len(kept["state"]["epochs"]) == 2 and kept["plugins"]["recorder"] == {"steps": 14}
+    again = StopAtStep(None)
+    resumed = _trainer(tmp_path / "run", [again], test_beside_training=True)
+    assert resumed.restore()
+    record = resumed.run()
+    assert record.resumes == [{"task": 1, "epoch": 0}] and again.steps == 28
+    assert record.epochs == reference.epochs and record.acc_matrix == reference.acc_matrix

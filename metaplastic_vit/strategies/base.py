@@ -62,7 +62,8 @@ class Plugin:
         """The optimizer stepped on `batch`."""
 
     def after_task(self, ctx: TaskContext) -> None:
-        """Task `ctx.index` has been learned and tested."""
+        """Task `ctx.index` has been learned (its last epoch tested, or its test started on a copy of the
+        model beside the next epoch's training)."""
 
     def task_state(self, task: int) -> AbstractContextManager | None:
         """A context in which the model holds what it had for `task` (task-aware testing), or None."""
