@@ -6,9 +6,10 @@ the commit before this round's work), so the two are measured side by side on th
 evaluation share is the part of train + test time that results.json reports as testing: every task after
 every epoch, here on three matrices (the run's scenario, task-aware, validation) where the baseline tested
 one; where a test runs on a second core beside the next epoch's training, only the time the loop waits
-for it (and copies the model) counts. Start-up is from the process's start to its first epoch (results.json `startup_s`); the library floor
-beside it is a process that only imports torch, timm and Hydra (what any run must load). The meta
-multirun compares Hydra's basic launcher with `hydra/launcher=local` (jobs shortened to 2 epochs per task).
+for it (and copies the model) counts. Start-up is from the process's start to its first epoch
+(results.json `startup_s`); the library floor beside it is a process that only imports torch, timm and
+Hydra (what any run must load). The meta multirun compares Hydra's basic launcher with
+`hydra/launcher=local` (jobs shortened to 2 epochs per task).
 """
 
 from __future__ import annotations

@@ -325,14 +325,11 @@ class ContinualTrainer:
             raise NonFiniteLossError(f"parameters became NaN or inf on task {task.task.name}")
         return loss, 100.0 * correct.item() / n
 
-    def _task_state(self, task: int) -> contextlib.AbstractContextManager | None:
-        """The context in which the model holds what it had for `task` (plugins' per-task state); None when
-        the live state is the task's own."""
-        for plugin in self.plugins:
-            state = plugin.task_state(task)
-            if state is not None:
-                return state
-        return None
+    def _task_states(self, model: nn.Module) -> dict[int, contextlib.AbstractContextManager | None]:
+        """For every task, the context in which `model` (the trained model or a copy) holds what the trained
+        model had for it (plugins' per-task state); None where the live state is the task's own."""
+        return {j: next((state for plugin in self.plugins if (state := plugin.task_state(j, model)) is not None),
+                        None) for j in range(len(self.data.tasks))}
 
     def _count(self, segments: list[tuple[int, str]], logits_of: Callable[[torch.Tensor], torch.Tensor]
                ) -> tuple[list[int], list[int]]:
@@ -356,20 +353,19 @@ class ContinualTrainer:
         start = time.perf_counter()
         self.model.eval()
         with threads(self.s.eval_threads):
-            evaluation = self._test(self.logits, {j: self._task_state(j) for j in range(len(self.data.tasks))})
+            evaluation = self._test(self.logits, self._task_states(self.model))
         self.state.eval_time += time.perf_counter() - start
         return evaluation
 
     def _start_test(self) -> tuple[Callable[[], Evaluation], bool]:
-        """Test the trained epoch: beside the next epoch's training on a copy of the model when the run has a
-        tester thread and every task is tested with the live state, else now. Returns the results' getter
-        and whether the test runs beside training."""
-        states = {j: self._task_state(j) for j in range(len(self.data.tasks))}
-        if self._tester is None or any(state is not None for state in states.values()):
+        """Test the trained epoch: on a copy of the model beside the next epoch's training when the run has a
+        tester thread, else now. Returns the results' getter and whether the test runs beside training."""
+        if self._tester is None:
             evaluation = self.evaluate()
             return (lambda: evaluation), False
         start = time.perf_counter()
         frozen = copy.deepcopy(self.model).eval()
+        states = self._task_states(frozen)  # taken now: the plugins' task-end work may store new ones
         self.model.eval()  # as after a test in this thread: the plugins' task-end work sees the same mode
         self.state.eval_time += time.perf_counter() - start
         return self._tester.submit(self._test, lambda x: self.forward(frozen, x), states).result, True

@@ -139,13 +139,15 @@ def test_layerwise_meta_and_the_task_scenario_on_a_split(tmp_path):
     assert record.scenario == "task" and len(record.tasks) == 5 and record.meta == [0, 5, 10]
 
 
-def test_cpu_runs_are_exactly_reproducible(tmp_path, monkeypatch):
+@pytest.mark.parametrize("net", ["bvit_full", "bvit_full_ln"])  # the second with per-task LayerNorms
+def test_cpu_runs_are_exactly_reproducible(tmp_path, monkeypatch, net):
     """Also whether each epoch is tested in the loop (threads=1) or beside the next one's training (threads
     unset on two cores)."""
-    a = run(tmp_path / "a", *tiny())
+    a = run(tmp_path / "a", *tiny(f"net={net}"))
     monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: {0, 1})
-    b = run(tmp_path / "b", *[o for o in tiny() if o != "threads=1"])
+    b = run(tmp_path / "b", *[o for o in tiny(f"net={net}") if o != "threads=1"])
     assert [e.__dict__ for e in a.epochs] == [e.__dict__ for e in b.epochs] and b.threads == 1
+    assert b.acc_matrix_task_aware == a.acc_matrix_task_aware
 
 
 def test_a_small_model_trains_on_one_core_and_is_tested_on_another(monkeypatch):

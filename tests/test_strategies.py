@@ -221,15 +221,22 @@ def test_joint_batches_mix_every_task():
 def test_per_task_state_round_trip():
     model = create_model("bnn", **MLP)
     bank = PerTaskState(model, ["bn*"])
-    assert set(bank.modules) == {"bn1", "bn2", "bn3"}
+    assert bank.names == ["bn1", "bn2", "bn3"]
     ctx = _ctx(model, None)
     bank.after_task(ctx)
-    assert bank.task_state(1) is None  # not learned yet: the live state is its own
+    assert bank.task_state(1, model) is None  # not learned yet: the live state is its own
     with torch.no_grad():
         model.bn1.weight.add_(1.0)
     weight = model.bn1.weight
-    with bank.task_state(0):
+    with bank.task_state(0, model):
         assert model.bn1.weight is weight and torch.equal(model.bn1.weight, torch.ones(24))
+    assert torch.equal(model.bn1.weight, torch.full((24,), 2.0))
+    under_test = create_model("bnn", **MLP)  # a copy under test gets the trained model's state for the task
+    with torch.no_grad():
+        under_test.bn1.weight.fill_(5.0)
+    with bank.task_state(0, under_test):
+        assert torch.equal(under_test.bn1.weight, torch.ones(24))
+    assert torch.equal(under_test.bn1.weight, torch.full((24,), 5.0))
     assert torch.equal(model.bn1.weight, torch.full((24,), 2.0))
     with pytest.raises(UserError, match="match no module"):
         PerTaskState(model, ["ln*"])

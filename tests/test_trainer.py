@@ -69,10 +69,10 @@ class SecretState(Plugin):
 
     name = "secret"
 
-    def task_state(self, task):
+    def task_state(self, task, model):
         if task != 0:
             return None
-        head = self.model.head
+        head = model.head
 
         class Swap:
             def __enter__(self):
@@ -124,6 +124,8 @@ def test_task_state_is_used_only_by_the_task_aware_test(tmp_path):
     record = _trainer(tmp_path, [SecretState()]).run()
     assert record.acc_matrix_task_aware[-1][1] == record.acc_matrix[-1][1]
     assert record.acc_matrix_task_aware[-1][0] != record.acc_matrix[-1][0]
+    beside = _trainer(tmp_path / "beside", [SecretState()], test_beside_training=True).run()  # on a copy
+    assert beside.epochs == record.epochs and beside.acc_matrix_task_aware == record.acc_matrix_task_aware
     trainer = _trainer(tmp_path / "task", [SecretState()], checkpoint=False)
     trainer.data.scenario = type(trainer.data.scenario)("task")
     done = trainer.run()

@@ -65,8 +65,9 @@ class Plugin:
         """Task `ctx.index` has been learned (its last epoch tested, or its test started on a copy of the
         model beside the next epoch's training)."""
 
-    def task_state(self, task: int) -> AbstractContextManager | None:
-        """A context in which the model holds what it had for `task` (task-aware testing), or None."""
+    def task_state(self, task: int, model: nn.Module) -> AbstractContextManager | None:
+        """A context in which `model` (the trained model, or a copy of it under test) holds what the trained
+        model had for `task` (task-aware testing), or None when its live state is the task's own."""
         return None
 
     def measure(self, ctx: TaskContext, task_end: bool) -> dict[str, Any]:
