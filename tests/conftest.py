@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,16 @@ register()
 
 def config(*overrides):
     """The composed config, as `python run.py OVERRIDES` would see it (in this process)."""
+    with composer() as compose_with:
+        return compose_with(*overrides)
+
+
+@contextmanager
+def composer():
+    """`config` for many compositions under one Hydra initialisation (a third faster each)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        yield lambda *overrides, **kw: compose("config", overrides=list(overrides), **kw)
 
 
 def run(run_dir, *overrides):

@@ -1,7 +1,7 @@
 """Bad input is refused with one clear message before any data is loaded or anything is written."""
 
 import pytest
-from conftest import config, run, tiny
+from conftest import ROOT, composer, config, run, tiny
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -94,41 +94,36 @@ def test_hydras_multi_line_errors_become_one_line():
 
 
 def test_every_named_sweep_composes_with_its_parameters():
-    from conftest import CONF, ROOT
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            full = compose("config", overrides=[f"+sweep={path.stem}"], return_hydra_config=True)
-        params = full.hydra.sweeper.get("params") or {}
-        for values in zip(*(str(v).split(",") for v in params.values()), strict=False):  # first, second, ...
-            cfg = config(f"+sweep={path.stem}", *(f"{k}={v}" for k, v in zip(params, values, strict=True)))
-            experiment.validate(cfg)
+    with composer() as compose_with:
+        for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+            full = compose_with(f"+sweep={path.stem}", return_hydra_config=True)
+            params = full.hydra.sweeper.get("params") or {}
+            for values in zip(*(str(v).split(",") for v in params.values()), strict=False):  # first, second, ...
+                overrides = (f"{k}={v}" for k, v in zip(params, values, strict=True))
+                experiment.validate(compose_with(f"+sweep={path.stem}", *overrides))
 
 
 def test_every_candidate_arm_baseline_and_search_composes():
-    from conftest import ROOT
     from omegaconf import OmegaConf
 
     baselines = sorted(p.stem for p in (ROOT / "sweeps" / "baseline").glob("*.yaml"))
     assert baselines == ["ewc", "joint", "lwf", "replay", "si"]
-    for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
-        validated = OmegaConf.load(path).get("tags", {}).get("validated", {})
-        arms = ("validated", "no_meta") if "meta" in validated else ("no_meta",)
-        arms += ("validated_layers",) if {"attn", "io"} <= validated.keys() else ()
-        for arm in arms:
-            experiment.validate(config(f"+candidate={path.stem}", f"+arm={arm}"))
-        for baseline in sorted(validated.keys() & set(baselines)):  # the strengths chosen for this candidate
-            cfg = config(f"+candidate={path.stem}", f"+baseline={baseline}")
-            experiment.validate(cfg)
-            assert cfg.meta == 0 and cfg.strategy.strength == validated[baseline]
-    for baseline in ("replay", "joint"):  # no strength: the same for every candidate
-        assert experiment.validate(config("+candidate=bvit_full", f"+baseline={baseline}")).meta == 0
-    for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
-        experiment.validate(config(f"+search={path.stem}"))
-    assert experiment.validate(config("+candidate=bnn", "+arm=no_meta")).meta == 0
+    with composer() as compose_with:
+        for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
+            validated = OmegaConf.load(path).get("tags", {}).get("validated", {})
+            arms = ("validated", "no_meta") if "meta" in validated else ("no_meta",)
+            arms += ("validated_layers",) if {"attn", "io"} <= validated.keys() else ()
+            for arm in arms:
+                experiment.validate(compose_with(f"+candidate={path.stem}", f"+arm={arm}"))
+            for baseline in sorted(validated.keys() & set(baselines)):  # the strengths chosen for this candidate
+                cfg = compose_with(f"+candidate={path.stem}", f"+baseline={baseline}")
+                experiment.validate(cfg)
+                assert cfg.meta == 0 and cfg.strategy.strength == validated[baseline]
+        for baseline in ("replay", "joint"):  # no strength: the same for every candidate
+            assert experiment.validate(compose_with("+candidate=bvit_full", f"+baseline={baseline}")).meta == 0
+        for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
+            experiment.validate(compose_with(f"+search={path.stem}"))
+        assert experiment.validate(compose_with("+candidate=bnn", "+arm=no_meta")).meta == 0
 
 
 def test_layer_wise_candidate_follows_meta_unless_its_groups_are_validated():
