@@ -6,7 +6,6 @@ would read.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,11 +29,6 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, allow_nan=True).encode()))
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
