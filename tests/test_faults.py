@@ -50,11 +50,11 @@ def test_a_second_run_in_an_owned_directory_is_refused_at_once(tmp_path):
 
 def test_a_refused_resume_leaves_hydras_record_untouched(tmp_path):
     run_dir = tmp_path / "run"
-    first = _cli([*tiny(), f"hydra.run.dir={run_dir}"], tmp_path)
+    first = _cli([*tiny("epochs_per_task=1"), f"hydra.run.dir={run_dir}"], tmp_path)
     assert first.wait(timeout=120) == 0
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     assert run_dir / ".hydra" / "config.yaml" in before and run_dir / ".hydra" / "overrides.yaml" in before
-    refused = _cli([*tiny("lr=0.01"), f"hydra.run.dir={run_dir}"], tmp_path)
+    refused = _cli([*tiny("epochs_per_task=1", "lr=0.01"), f"hydra.run.dir={run_dir}"], tmp_path)
     _, err = refused.communicate(timeout=120)
     assert refused.returncode == 2 and "holds a checkpoint of a different experiment" in err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
