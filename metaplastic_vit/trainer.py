@@ -133,7 +133,7 @@ class Evaluation:
 class _Trained:
     """An epoch that has trained and waits for its test: what its record and checkpoint need besides it."""
 
-    ctx: TaskContext
+    task: int
     epoch: int
     loss: float
     acc: float
@@ -501,10 +501,14 @@ class ContinualTrainer:
         if last_epoch:
             self._emit("after_task", ctx)
         state = copy.deepcopy(self._training_state()) if beside and self.s.checkpoint else None
-        self._pending = _Trained(ctx, e, loss, acc, train_s, extra, test, state)
-        self._next = (i + 1, 0) if last_epoch else (i, e + 1)
+        self._pending = _Trained(i, e, loss, acc, train_s, extra, test, state)
+        self._next = self._following(i, e)
         if not beside:
             self._settle()
+
+    def _following(self, task: int, epoch: int) -> tuple[int, int]:
+        """The (task, epoch) trained after `epoch` of `task`."""
+        return (task + 1, 0) if epoch == self.s.epochs_per_task - 1 else (task, epoch + 1)
 
     def _settle(self) -> None:
         """Record the pending epoch once its test has ended: the record, the checkpoint, the sinks."""
@@ -516,7 +520,7 @@ class ContinualTrainer:
         ev = done.test()
         st.eval_time += time.perf_counter() - start
         st.train_time += done.train_s
-        i = done.ctx.index
+        i = done.task
         last_epoch = done.epoch == self.s.epochs_per_task - 1
         epoch = EpochRecord(task=i, epoch=done.epoch, train_loss=done.loss, train_acc=done.acc, test_acc=ev.test,
                             test_acc_task_aware=ev.task_aware, val_acc=ev.val,
@@ -526,7 +530,7 @@ class ContinualTrainer:
             st.acc_matrix.append(ev.test)
             st.acc_matrix_task_aware.append(ev.task_aware)
             st.val_acc_matrix.append(ev.val)
-        st.next_task, st.next_epoch = (i + 1, 0) if last_epoch else (i, done.epoch + 1)
+        st.next_task, st.next_epoch = self._following(i, done.epoch)
         if self.s.checkpoint:
             self._save(done.training_state)
             self._saved = (epoch.task, epoch.epoch)
