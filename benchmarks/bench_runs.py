@@ -8,7 +8,8 @@ every epoch, here on three matrices (the run's scenario, task-aware, validation)
 one; where a test runs on a second core beside the next epoch's training, only the time the loop waits
 for it (and copies the model) counts. Start-up is from the process's start to its first epoch
 (results.json `startup_s`); the library floor beside it is a process that only imports torch, timm and
-Hydra (what any run must load). The meta multirun compares Hydra's basic launcher with
+Hydra (what any run must load): its start-up is the time to the end of those imports, its wall includes the
+interpreter's teardown of them, which `run.py` skips. The meta multirun compares Hydra's basic launcher with
 `hydra/launcher=local` (jobs shortened to 2 epochs per task).
 """
 
@@ -28,6 +29,7 @@ EPOCHS_MULTIRUN = 2
 METAS = "0,1.35,15,50"
 SAME_RUN = ("net=bvit_full_ln", "meta=50")  # the baseline's default experiment, run by both revisions
 IMPORTS = "import torch, timm, hydra, omegaconf"  # the libraries every run loads before its first epoch
+PRINT_AGE = "from metaplastic_vit.runtime import process_age; print(process_age())"
 
 
 def run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float, list[dict]]:
@@ -58,9 +60,10 @@ def default_rows(rev: str, rounds: int) -> list[list]:
                 wall, rss, (res,) = run([])
                 measured.setdefault("this revision, its default net", []).append(
                     (wall, res["startup_s"], res["train_time_s"], res["eval_time_s"], rss))
-                code, wall, rss, log = run_child([PYTHON, "-c", IMPORTS])
+                code, wall, rss, log = run_child([PYTHON, "-c", f"{IMPORTS}; {PRINT_AGE}"])
                 check(code, log, IMPORTS)
-                measured.setdefault(f"library floor: python -c '{IMPORTS}'", []).append((wall, wall, 0.0, 0.0, rss))
+                measured.setdefault(f"library floor: python -c '{IMPORTS}'", []).append(
+                    (wall, float(log.split()[-1]), 0.0, 0.0, rss))
         finally:
             if made.returncode == 0:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)

@@ -8,15 +8,19 @@ signal n (SIGINT, SIGTERM, SIGHUP stop after the current batch; the last checkpo
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 
 # OpenMP's default active spin-wait made 2 threads far slower than 1 on small models (benchmarks/RESULTS.md);
 # passive waiting must be set before torch loads its OpenMP runtime. An explicit OMP_WAIT_POLICY wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -86,7 +90,31 @@ def exit_code(exc: BaseException) -> int:
     return 4
 
 
-def cli() -> None:
+def cli() -> NoReturn:
+    """Run `main` (see `run_main`) and exit with its code, without the interpreter's teardown (`exit_now`)."""
+    try:
+        run_main()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            exit_now(exc.code or 0)
+        raise
+    exit_now(0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit once exit handlers have run and the streams are flushed, skipping the interpreter's teardown:
+    freeing the modules of torch and its companions costs seconds of CPU per process (benchmarks/RESULTS.md).
+    Where a non-daemon thread still runs, exit the normal way, which waits for it."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging's flush, W&B's finish, temporary directories, ...
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`run.py | head`) loses nothing of ours
+            stream.flush()
+    os._exit(code)
+
+
+def run_main() -> None:
     """Run `main`, turning bad input (ours or Hydra's) into one line on stderr and exit code 2."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()

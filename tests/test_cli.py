@@ -85,3 +85,38 @@ def test_kill_minus_nine_then_same_command_resumes_to_identical_results(tmp_path
         resumed = run(run_dir, *args)
         assert resumed.status == "completed" and resumed.resumes, resumed.resumes
         assert resumed.epochs == expected.epochs and resumed.acc_matrix == expected.acc_matrix
+
+
+def test_the_command_line_exits_after_its_exit_handlers_without_the_interpreters_teardown(tmp_path):
+    """exit_now: exit handlers run, buffered output is written, the code is kept; the interpreter's own teardown
+    (object finalizers) is skipped, which the __del__ below would reveal."""
+    script = ("import atexit, sys\n"
+              "from metaplastic_vit.cli import exit_now\n"
+              "class Finalized:\n"
+              "    def __del__(self): print('finalized')\n"
+              "kept = Finalized()\n"
+              "atexit.register(print, 'exit handler ran')\n"
+              "print('buffered', end=' ')\n"
+              "exit_now(5)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stdout == "buffered exit handler ran\n"
+
+
+def test_the_command_line_waits_for_a_running_thread_before_it_exits(monkeypatch):
+    """With a non-daemon thread still running, exit_now leaves the exit to the interpreter (which joins it)."""
+    import threading
+
+    from metaplastic_vit import cli
+
+    monkeypatch.setattr(cli.os, "_exit", lambda code: pytest.fail("exited without waiting for the thread"))
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.exit_now(3)
+        assert exited.value.code == 3
+    finally:
+        release.set()
+        worker.join()
