@@ -87,10 +87,10 @@ def test_kill_minus_nine_then_same_command_resumes_to_identical_results(tmp_path
         assert resumed.epochs == expected.epochs and resumed.acc_matrix == expected.acc_matrix
 
 
-def test_the_command_line_exits_after_its_exit_handlers_without_the_interpreters_teardown(tmp_path):
+def test_the_command_line_exits_after_its_exit_handlers_without_the_interpreters_teardown():
     """exit_now: exit handlers run, buffered output is written, the code is kept; the interpreter's own teardown
     (object finalizers) is skipped, which the __del__ below would reveal."""
-    script = ("import atexit, sys\n"
+    script = ("import atexit\n"
               "from metaplastic_vit.cli import exit_now\n"
               "class Finalized:\n"
               "    def __del__(self): print('finalized')\n"
