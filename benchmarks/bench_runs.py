@@ -62,8 +62,9 @@ def default_rows(rev: str, rounds: int) -> list[list]:
                     (wall, res["startup_s"], res["train_time_s"], res["eval_time_s"], rss))
                 code, wall, rss, log = run_child([PYTHON, "-c", f"{IMPORTS}; {PRINT_AGE}"])
                 check(code, log, IMPORTS)
+                age = log.split()[-1]  # None where the process's start time cannot be read
                 measured.setdefault(f"library floor: python -c '{IMPORTS}'", []).append(
-                    (wall, float(log.split()[-1]), 0.0, 0.0, rss))
+                    (wall, None if age == "None" else float(age), 0.0, 0.0, rss))
         finally:
             if made.returncode == 0:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
