@@ -55,7 +55,9 @@ class _SignWeight(torch.autograd.Function):
 class _SignActivation(torch.autograd.Function):
     """sign(x) forward; backward passes the gradient where |x| <= 1 (hardtanh straight-through).
 
-    Only a 1-byte mask of |x| <= 1 is kept for the backward pass, not the full-precision input.
+    Only a 1-byte mask of |x| <= 1 is kept for the backward pass, not the full-precision input. The mask is
+    int8 made from an in-place float comparison: on CPU, comparisons into bool and bool-to-float casts run
+    unvectorised, several times slower than these (benchmarks/bench_steps.py).
     """
 
     generate_vmap_rule = True
@@ -66,7 +68,7 @@ class _SignActivation(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
-        ctx.save_for_backward(inputs[0].abs() <= 1)
+        ctx.save_for_backward(inputs[0].abs().le_(1).to(torch.int8))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -140,8 +142,10 @@ class BinaryLinear(_Binarized, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x, weight = self._operands(x)
+        # The bias is added in place (no second output tensor), not through F.linear's bias: its fused addmm
+        # takes another path for the input gradient, which changes results in their last bits.
         out = F.linear(x, weight)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+        return out if self.bias is None else out.add_(self.bias.to(out.dtype))
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, {self._describe()}"
@@ -158,7 +162,7 @@ class BinaryConv2d(_Binarized, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         x, weight = self._operands(x)
         out = self._conv_forward(x, weight, None)
-        return out if self.bias is None else out + self.bias.to(out.dtype).view(1, -1, 1, 1)
+        return out if self.bias is None else out.add_(self.bias.to(out.dtype).view(1, -1, 1, 1))
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, {self._describe()}"
