@@ -28,6 +28,12 @@ class BinaryScale(StrEnum):
     mean_abs = "mean_abs"
 
 
+def _scaled_sign(w: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """alpha * sign(w) as one new tensor (scaled in place; no multiply when alpha is 1)."""
+    signs = torch.sign(w)
+    return signs if isinstance(alpha, float) and alpha == 1.0 else signs.mul_(alpha)
+
+
 class _SignWeight(torch.autograd.Function):
     """alpha * sign(w) forward; backward hands alpha * the gradient to w (straight through the sign).
 
@@ -40,7 +46,7 @@ class _SignWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(w: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:  # noqa: D102
-        return torch.sign(w) if isinstance(alpha, float) and alpha == 1.0 else torch.sign(w) * alpha
+        return _scaled_sign(w, alpha)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
@@ -73,7 +79,7 @@ class _SignActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
         (inside,) = ctx.saved_tensors
-        return grad * inside.to(grad.dtype)
+        return grad * inside.to(grad.dtype)  # out of place: under vmap the gradient may be batched, the mask not
 
 
 def sign_weight(w: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -118,10 +124,7 @@ class _Binarized:
             x = sign_activation(x) if grad else torch.sign(x)
         if self.binary_weight:
             alpha = _weight_scale(weight, self.scale)
-            if grad:
-                weight = sign_weight(weight, alpha)
-            else:
-                weight = torch.sign(weight) if isinstance(alpha, float) and alpha == 1.0 else torch.sign(weight) * alpha
+            weight = sign_weight(weight, alpha) if grad else _scaled_sign(weight, alpha)
         return x, weight.to(x.dtype)  # the sign is taken in fp32, so binary weights stay exact in any precision
 
     def _describe(self) -> str:
