@@ -7,17 +7,22 @@ autograd. Presets: the embedded default's tiny ViT (8 px, patch 2, embed 64, dep
 ViT (32 px, patch 4, embed 192, depth 4, 3 heads, batch 64) and the seed's ViT (224 px, patch 16, embed 768,
 depth 4, batch 8). Threads as a run picks them (one for models under 1 M parameters, else all cores).
 With --baseline REV (default: the commit before this round's work) the tiny and small presets are also
-timed with that revision's code, in a child process, for the ratio before and after.
+timed with that revision's code, in a child process, for the ratio before and after. With --alternate REV
+the tiny and small presets are timed in child processes alternating between REV's code and this tree's
+(--times pairs), so that both see the same drift of the machine: the fair way to compare two revisions here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +32,7 @@ PRESETS = {
     "tiny": (dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=64, depth=2, num_heads=4), 100, 20),
     "small": (dict(img_size=32, in_chans=3, num_classes=10, patch_size=4, embed_dim=192, depth=4, num_heads=3), 64, 8),
     "seed": (dict(img_size=224, in_chans=3, num_classes=200, patch_size=16, embed_dim=768, depth=4, num_heads=12),
-             8, 3),
+             8, 5),
 }
 NETS = ("vit", "bvit", "hybrid", "bvit_full")
 BASELINE = "b3a5515"  # the last commit before this round's binarization and evaluation work
@@ -94,28 +99,78 @@ def measure(preset: str) -> dict[str, dict[str, float]]:
     return {net: {"train": t[net], "test": i[net], "saved": memory[net]} for net in nets}
 
 
-def baseline(rev: str, presets: list[str]) -> dict[str, dict] | None:
-    """The same measurements with revision `rev`'s package (a temporary git worktree), or None without git."""
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[str | None]:
+    """A temporary git worktree of revision `rev` (its path), or None without git or without that revision."""
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
         tree = f"{tmp}/tree"
         made = subprocess.run(["git", "worktree", "add", "--detach", tree, rev], cwd=ROOT, capture_output=True)
         if made.returncode:
-            return None
+            yield None
+            return
         try:
-            code, _, _, out = run_child([PYTHON, __file__, "--child", *presets], env={"PYTHONPATH": tree})
-            check(code, out, f"baseline {rev}")
-            return json.loads(out.strip().splitlines()[-1])
+            yield tree
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, capture_output=True)
+
+
+def child(presets: list[str], tree: str) -> dict[str, dict]:
+    """The measurements of `presets` in a new process importing the package from `tree`."""
+    code, _, _, out = run_child([PYTHON, __file__, "--child", *presets], env={"PYTHONPATH": tree})
+    check(code, out, f"measurement with the package of {tree}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def described() -> str:
+    """This tree's revision as `git describe` names it (-dirty with uncommitted changes)."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown revision"
+
+
+def baseline(rev: str, presets: list[str]) -> dict[str, dict] | None:
+    """The same measurements with revision `rev`'s package (a temporary git worktree), or None without git."""
+    with worktree(rev) as tree:
+        return None if tree is None else child(presets, tree)
+
+
+def alternate(rev: str, times: int) -> None:
+    """Train-step ratios over vit of revision `rev` and of this tree, in child processes taking turns."""
+    presets = ["tiny", "small"]
+    ratios: dict[tuple[str, str], dict[str, list[float]]] = {}
+    with worktree(rev) as tree:
+        if tree is None:
+            sys.exit(f"error: cannot check out revision {rev!r} into a git worktree; name a commit of this repository")
+        for _ in range(times):
+            for label, path in ((rev, tree), ("this tree", str(ROOT))):
+                for preset, nets in child(presets, path).items():
+                    for net, m in nets.items():
+                        ratios.setdefault((preset, net), {}).setdefault(label, []).append(
+                            m["train"] / nets["vit"]["train"])
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    rows = [[preset, net, cell(by[rev]), cell(by["this tree"])]
+            for (preset, net), by in ratios.items() if net != "vit" and rev in by]
+    report(f"Binarization overhead, {rev} and this tree taking turns", [
+        f"Train step over the full-precision vit's, median (range) of {times} child processes per revision, "
+        f"the two revisions alternating. Command: `python benchmarks/bench_steps.py --alternate {rev} "
+        f"--times {times}`.",
+        table(["preset", "net", f"x vit, {rev}", f"x vit, this tree ({described()})"], rows)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--alternate", metavar="REV", help="compare REV and this tree in alternating processes")
+    parser.add_argument("--times", type=int, default=3, help="process pairs for --alternate")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps({p: measure(p) for p in args.child}))
+        return
+    if args.alternate:
+        alternate(args.alternate, args.times)
         return
     now = {p: measure(p) for p in PRESETS}
     before = baseline(args.baseline, ["tiny", "small"])
