@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import statistics
@@ -63,8 +64,18 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def measure(preset: str) -> dict[str, dict[str, float]]:
-    """Per net: train step s, test pass s (medians of interleaved rounds) and saved activation bytes."""
+def digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers: equal digests, bit-identical numbers."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def measure(preset: str) -> dict[str, dict[str, float | str]]:
+    """Per net: train step s, test pass s (medians of interleaved rounds), saved activation bytes, and the
+    digest of the parameters after the timed steps (the same count of steps on the same batch every time)."""
     from metaplastic_vit.models import MODELS, create_model
 
     nets = [net for net in NETS if net in MODELS]  # the baseline's registry lacks bvit_full
@@ -72,7 +83,7 @@ def measure(preset: str) -> dict[str, dict[str, float]]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, arch["in_chans"], arch["img_size"], arch["img_size"], generator=g)
     y = torch.randint(0, arch["num_classes"], (batch,), generator=g)
-    train, test, memory = {}, {}, {}
+    train, test, memory, models = {}, {}, {}, {}
     for net in nets:
         torch.manual_seed(0)
         model = create_model(net, **arch)
@@ -93,10 +104,11 @@ def measure(preset: str) -> dict[str, dict[str, float]]:
             model.eval()
             model(x)
 
-        train[net], test[net] = train_step, test_pass
+        train[net], test[net], models[net] = train_step, test_pass, model
     t = interleaved(train, rounds)  # the warm-up step compiles the optimizer where auto does
     i = interleaved(test, rounds)
-    return {net: {"train": t[net], "test": i[net], "saved": memory[net]} for net in nets}
+    return {net: {"train": t[net], "test": i[net], "saved": memory[net], "digest": digest(models[net])}
+            for net in nets}
 
 
 @contextlib.contextmanager
@@ -137,6 +149,7 @@ def alternate(rev: str, times: int) -> None:
     """Train-step ratios over vit of revision `rev` and of this tree, in child processes taking turns."""
     presets = ["tiny", "small"]
     ratios: dict[tuple[str, str], dict[str, list[float]]] = {}
+    digests: dict[tuple[str, str], dict[str, set[str]]] = {}
     with worktree(rev) as tree:
         if tree is None:
             sys.exit(f"error: cannot check out revision {rev!r} into a git worktree; name a commit of this repository")
@@ -146,17 +159,24 @@ def alternate(rev: str, times: int) -> None:
                     for net, m in nets.items():
                         ratios.setdefault((preset, net), {}).setdefault(label, []).append(
                             m["train"] / nets["vit"]["train"])
+                        digests.setdefault((preset, net), {}).setdefault(label, set()).add(m["digest"])
 
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
-    rows = [[preset, net, cell(by[rev]), cell(by["this tree"])]
-            for (preset, net), by in ratios.items() if net != "vit" and rev in by]
+    def same(by: dict[str, set[str]]) -> str:
+        if any(len(d) > 1 for d in by.values()):
+            return "not reproducible: differs between processes of one revision"
+        return "yes" if len(set.union(*by.values())) == 1 else "no"
+
+    rows = [[preset, net, cell(by[rev]), cell(by["this tree"]), same(digests[preset, net])]
+            for (preset, net), by in ratios.items() if rev in by]
     report(f"Binarization overhead, {rev} and this tree taking turns", [
         f"Train step over the full-precision vit's, median (range) of {times} child processes per revision, "
-        f"the two revisions alternating. Command: `python benchmarks/bench_steps.py --alternate {rev} "
-        f"--times {times}`.",
-        table(["preset", "net", f"x vit, {rev}", f"x vit, this tree ({described()})"], rows)])
+        f"the two revisions alternating. bit-identical: the parameters after the timed steps (same steps, same "
+        f"batch) are the same in every process of both. Command: `python benchmarks/bench_steps.py --alternate "
+        f"{rev} --times {times}`.",
+        table(["preset", "net", f"x vit, {rev}", f"x vit, this tree ({described()})", "bit-identical"], rows)])
 
 
 def main() -> None:
