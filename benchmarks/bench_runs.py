@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-from common import PYTHON, ROOT, check, report, run_child, table
+from common import PYTHON, ROOT, check, report, run_child, table, worktree
 
 BASELINE = "b3a5515"
 EPOCHS_MULTIRUN = 2
@@ -45,29 +44,23 @@ def run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) ->
 def default_rows(rev: str, rounds: int) -> list[list]:
     """The baseline's default experiment with this revision and `rev` alternately, and this revision's own default,
     `rounds` times each; medians per row."""
-    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
-        tree = Path(tmp) / "tree"
-        made = subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, capture_output=True)
+    with worktree(rev) as tree:
         revisions = {"this revision": ({}, ROOT)}
-        if made.returncode == 0:
+        if tree is not None:
             revisions[f"baseline {rev}"] = ({"PYTHONPATH": str(tree)}, tree)
-        try:
-            measured: dict[str, list[tuple]] = {name: [] for name in revisions}
-            for _ in range(rounds):
-                for name, (env, cwd) in revisions.items():
-                    wall, rss, (res,) = run(list(SAME_RUN), env, cwd)
-                    measured[name].append((wall, res.get("startup_s"), res["train_time_s"], res["eval_time_s"], rss))
-                wall, rss, (res,) = run([])
-                measured.setdefault("this revision, its default net", []).append(
-                    (wall, res["startup_s"], res["train_time_s"], res["eval_time_s"], rss))
-                code, wall, rss, log = run_child([PYTHON, "-c", f"{IMPORTS}; {PRINT_AGE}"])
-                check(code, log, IMPORTS)
-                age = log.split()[-1]  # None where the process's start time cannot be read
-                measured.setdefault(f"library floor: python -c '{IMPORTS}'", []).append(
-                    (wall, None if age == "None" else float(age), 0.0, 0.0, rss))
-        finally:
-            if made.returncode == 0:
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        measured: dict[str, list[tuple]] = {name: [] for name in revisions}
+        for _ in range(rounds):
+            for name, (env, cwd) in revisions.items():
+                wall, rss, (res,) = run(list(SAME_RUN), env, cwd)
+                measured[name].append((wall, res.get("startup_s"), res["train_time_s"], res["eval_time_s"], rss))
+            wall, rss, (res,) = run([])
+            measured.setdefault("this revision, its default net", []).append(
+                (wall, res["startup_s"], res["train_time_s"], res["eval_time_s"], rss))
+            code, wall, rss, log = run_child([PYTHON, "-c", f"{IMPORTS}; {PRINT_AGE}"])
+            check(code, log, IMPORTS)
+            age = log.split()[-1]  # None where the process's start time cannot be read
+            measured.setdefault(f"library floor: python -c '{IMPORTS}'", []).append(
+                (wall, None if age == "None" else float(age), 0.0, 0.0, rss))
     rows = []
     for name, runs in measured.items():
         runs.sort()

@@ -15,19 +15,17 @@ the tiny and small presets are timed in child processes alternating between REV'
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import PYTHON, ROOT, check, interleaved, report, run_child, table
+from common import PYTHON, ROOT, check, interleaved, report, run_child, table, worktree
 
 PRESETS = {
     "tiny": (dict(img_size=8, in_chans=1, num_classes=10, patch_size=2, embed_dim=64, depth=2, num_heads=4), 100, 20),
@@ -111,24 +109,9 @@ def measure(preset: str) -> dict[str, dict[str, float | str]]:
             for net in nets}
 
 
-@contextlib.contextmanager
-def worktree(rev: str) -> Iterator[str | None]:
-    """A temporary git worktree of revision `rev` (its path), or None without git or without that revision."""
-    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
-        tree = f"{tmp}/tree"
-        made = subprocess.run(["git", "worktree", "add", "--detach", tree, rev], cwd=ROOT, capture_output=True)
-        if made.returncode:
-            yield None
-            return
-        try:
-            yield tree
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, capture_output=True)
-
-
-def child(presets: list[str], tree: str) -> dict[str, dict]:
+def child(presets: list[str], tree: str | Path) -> dict[str, dict]:
     """The measurements of `presets` in a new process importing the package from `tree`."""
-    code, _, _, out = run_child([PYTHON, __file__, "--child", *presets], env={"PYTHONPATH": tree})
+    code, _, _, out = run_child([PYTHON, __file__, "--child", *presets], env={"PYTHONPATH": str(tree)})
     check(code, out, f"measurement with the package of {tree}")
     return json.loads(out.strip().splitlines()[-1])
 
@@ -154,7 +137,7 @@ def alternate(rev: str, times: int) -> None:
         if tree is None:
             sys.exit(f"error: cannot check out revision {rev!r} into a git worktree; name a commit of this repository")
         for _ in range(times):
-            for label, path in ((rev, tree), ("this tree", str(ROOT))):
+            for label, path in ((rev, tree), ("this tree", ROOT)):
                 for preset, nets in child(presets, path).items():
                     for net, m in nets.items():
                         ratios.setdefault((preset, net), {}).setdefault(label, []).append(
@@ -190,6 +173,8 @@ def main() -> None:
         print(json.dumps({p: measure(p) for p in args.child}))
         return
     if args.alternate:
+        if args.times < 1:
+            sys.exit(f"error: --times must be at least 1, got {args.times}")
         alternate(args.alternate, args.times)
         return
     now = {p: measure(p) for p in PRESETS}

@@ -8,6 +8,7 @@ OMP_WAIT_POLICY=PASSIVE as run.py does.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,21 @@ def run_child(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: fl
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         return proc.returncode, wall, usage.ru_maxrss / 1024, log.read()
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path | None]:
+    """A temporary git worktree of revision `rev` (its path), or None without git or without that revision."""
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        made = subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, capture_output=True)
+        if made.returncode:
+            yield None
+            return
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
 def check(code: int, output: str, what: str) -> None:
