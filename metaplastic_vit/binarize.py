@@ -63,7 +63,7 @@ class _SignActivation(torch.autograd.Function):
 
     Only a 1-byte mask of |x| <= 1 is kept for the backward pass, not the full-precision input. The mask is
     int8 made from an in-place float comparison: on CPU, comparisons into bool and bool-to-float casts run
-    unvectorised, several times slower than these (benchmarks/bench_steps.py).
+    unvectorised, several times slower than these (see benchmarks/RESULTS.md).
     """
 
     generate_vmap_rule = True
