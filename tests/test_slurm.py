@@ -117,15 +117,17 @@ def _epochs_for(tmp_path, seconds: float) -> int:
 
 
 def test_timed_out_job_is_requeued_and_completes(tmp_path):
-    # time limit 1 min, USR2 30 s before it: every attempt is told it timed out 30 s after it starts (submitit
-    # handles the signal only once the job has imported its code, which takes seconds on a loaded machine).
-    # The job trains ~55 s (sized on this machine's speed), so even twice as fast it is still running at the
-    # first signal, and it needs several attempts. (That a resumed job ends with the uninterrupted results is
-    # checked against a reference by the preemption test above.) ~45 s was tried: it failed once when the
-    # load changed between the probe and the job.
-    epochs = _epochs_for(tmp_path, 55)
+    # Time limit 1 min, USR2 asked 10 s before it. slurmctld checks limits every 30 s and sends the signal at
+    # the first check at or after limit - delay - 30 s (measured here: asked @15 -> sent 30 s or 16 s into the
+    # job, @20 -> 30 s, @30 -> 26 s), so each attempt is signalled 20-50 s after it starts and killed at the
+    # first check after 60 s, >= 10 s later. (With @30 the signal could come at 0 s, before submitit had
+    # installed its handler, and the job was killed instead of requeued.) The job trains ~70 s (sized on
+    # this machine's speed), so the first attempt is still running at its signal even if it runs faster than
+    # the probe, and it takes a few attempts. (That a resumed job ends with the uninterrupted results is
+    # checked against a reference by the preemption test above.)
+    epochs = _epochs_for(tmp_path, 70)
     proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, "meta=1.35", f"epochs_per_task={epochs}",
-                    "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30"], tmp_path / "sweep",
+                    "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10"], tmp_path / "sweep",
                    env=SLURM_ENV, check=True, timeout=500)
     (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")
     res = read_results(path.parent)
