@@ -63,23 +63,29 @@ class _SignActivation(torch.autograd.Function):
 
     Only a 1-byte mask of |x| <= 1 is kept for the backward pass, not the full-precision input. The mask is
     int8 made from an in-place float comparison: on CPU, comparisons into bool and bool-to-float casts run
-    unvectorised, several times slower than these (see benchmarks/RESULTS.md).
+    unvectorised, several times slower than these (see benchmarks/RESULTS.md). The forward returns the mask
+    as a second output and the vmap rule passes the batched tensor through whole (both are elementwise), so
+    under torch.func (EWC's per-sample gradients) it is made on a plain tensor: functorch has no batching
+    rule for the in-place comparison.
     """
 
-    generate_vmap_rule = True
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        return torch.sign(x), x.abs().le_(1).to(torch.int8)
 
     @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return torch.sign(x)
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:  # noqa: D102
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # noqa: D102
-        ctx.save_for_backward(inputs[0].abs().le_(1).to(torch.int8))
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
         (inside,) = ctx.saved_tensors
         return grad * inside.to(grad.dtype)  # out of place: under vmap the gradient may be batched, the mask not
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: torch.Tensor) -> tuple[tuple, tuple]:  # noqa: D102
+        return _SignActivation.apply(x), (in_dims[0], in_dims[0])
 
 
 def sign_weight(w: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -89,7 +95,7 @@ def sign_weight(w: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Ten
 
 def sign_activation(x: torch.Tensor) -> torch.Tensor:
     """Binarize an activation: sign(x), gradient passed where |x| <= 1."""
-    return _SignActivation.apply(x)
+    return _SignActivation.apply(x)[0]
 
 
 def _weight_scale(weight: torch.Tensor, scale: BinaryScale) -> torch.Tensor | float:
