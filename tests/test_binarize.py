@@ -125,7 +125,7 @@ def test_per_sample_gradients_through_the_activation_ste_are_exact_and_batched(r
     batched = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, x)
     looped = torch.stack([torch.func.grad(loss)(w, xi) for xi in x])
     assert torch.equal(batched, looped) and batched.abs().sum() > 0
-    assert not [w for w in recwarn if "performance drop" in str(w.message)]
+    assert not [warning for warning in recwarn if "performance drop" in str(warning.message)]
 
 
 def test_the_scale_is_folded_into_the_binary_weight():
