@@ -80,6 +80,26 @@ class MLPNetConfig(_NetConfig):
 
 
 @dataclass
+class WalkNetConfig(_NetConfig):
+    """A step of the walk from the paper's MLP to the ViT (models.TokenMLP: one token, no attention)."""
+
+    embed_dim: int = 1024
+    depth: int = 1
+    mlp_ratio: float | None = None  # null: each block is one map; else the ViT's MLP of this ratio
+    residual: bool = True
+    prenorm: bool = False  # false: post-norm as the paper's MLP; true: the ViT's pre-norm placement
+    gelu: bool = False  # GELU between a block's two maps, as the ViT's MLP
+
+    def __post_init__(self) -> None:
+        _positive("net.embed_dim", self.embed_dim)
+        _positive("net.depth", self.depth)
+        if self.mlp_ratio is not None and not self.mlp_ratio > 0:
+            raise UserError(f"net.mlp_ratio must be > 0 or null, got {self.mlp_ratio}")
+        if self.gelu and self.mlp_ratio is None:
+            raise UserError("net.gelu needs two maps per block: set net.mlp_ratio")
+
+
+@dataclass
 class ArchConfig:
     """ViT sizes; img_size null keeps the data's native size."""
 
@@ -132,6 +152,7 @@ class MetaplasticAdamConfig:
     eps: float = 1e-8
     meta_on: MetaOn = MetaOn.all
     meta_layers: dict[str, Any] = field(default_factory=dict)  # {group: {patterns: [...], meta: m}}
+    meta_from_task: int = 0  # tasks before this one (0-based) learn with meta 0 (needs fresh_optimizer)
     meta_scale: MetaScale = MetaScale.none
     implementation: Implementation = Implementation.auto
 
@@ -140,6 +161,8 @@ class MetaplasticAdamConfig:
             raise UserError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if not self.eps > 0:
             raise UserError(f"optimizer.eps must be > 0, got {self.eps}")
+        if self.meta_from_task < 0:
+            raise UserError(f"optimizer.meta_from_task must be >= 0, got {self.meta_from_task}")
 
 
 @dataclass
@@ -205,6 +228,9 @@ class Config:
             raise UserError(f"seed must lie in [0, 2^63), got {self.seed}")
         if not self.task_sequence:
             raise UserError("task_sequence must name at least one task")
+        if getattr(self.optimizer, "meta_from_task", 0) and not self.fresh_optimizer:
+            raise UserError("optimizer.meta_from_task needs fresh_optimizer=true (the optimizer is rebuilt at every "
+                            "task with that task's meta)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown device {self.device!r}; choose one of auto, cpu, cuda or cuda:<index>")
 
@@ -230,6 +256,7 @@ def register() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="schema/net", name="vit", node=ViTNetConfig)
     cs.store(group="schema/net", name="mlp", node=MLPNetConfig)
+    cs.store(group="schema/net", name="walk", node=WalkNetConfig)
     cs.store(group="schema/optimizer", name="metaplastic_adam", node=MetaplasticAdamConfig)
     for name, schema in load_all().items():
         cs.store(group="schema/strategy", name=name, node=schema)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .binarize import binary_modules
 from .config import Config, validate
-from .data import Task, build_tasks, parse_task_sequence
+from .data import Task, TaskSet, build_tasks, parse_task_sequence
 from .errors import UserError
 from .models import resolve_spec
+from .optim import metaplastic_numel
 from .record import NON_SCIENTIFIC, RunRecord
 from .runtime import Interrupts, RunDirectory
+from .seeds import Stream, derive
 from .strategies.base import Plugin
 from .strategies.diagnostics import Diagnostics
 from .strategies.per_task import PerTaskState
@@ -82,9 +86,9 @@ def fingerprint(cfg: DictConfig, precision: Precision) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_plugins(cfg: DictConfig, model: nn.Module, run_dir: Path) -> list[Plugin]:
+def build_plugins(cfg: DictConfig, model: nn.Module, data: TaskSet, run_dir: Path) -> list[Plugin]:
     """The strategy, per-task state (where the net keeps any), diagnostics, then the sinks, in hook order."""
-    plugins = [instantiate(cfg.strategy, _convert_="all")(model=model)]
+    plugins = [instantiate(cfg.strategy, _convert_="all")(model=model, data=data)]
     if model.net_spec.per_task:
         plugins.append(PerTaskState(model, model.net_spec.per_task))
     plugins.append(Diagnostics(model))
@@ -92,6 +96,17 @@ def build_plugins(cfg: DictConfig, model: nn.Module, run_dir: Path) -> list[Plug
         if node is not None:
             plugins.append(instantiate(node, _convert_="all")(run_dir=run_dir))
     return plugins
+
+
+def sizes(model: nn.Module, make_optimizer: Callable[[nn.Module, int], torch.optim.Optimizer], tasks: int
+          ) -> dict[str, Any]:
+    """The record's size fields: parameters, binary weights, the weights metaplasticity acts on (by the last
+    task, whatever the schedule) and each binary layer's fan-in."""
+    binary = binary_modules(model)
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "binary_weights": sum(m.weight.numel() for m in binary.values()),
+            "metaplastic_weights": metaplastic_numel(make_optimizer(model, tasks - 1).param_groups),
+            "fan_in": {name: m.weight[0].numel() for name, m in binary.items()}}
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None, sweep: str | None = None,
@@ -121,17 +136,17 @@ def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.d
     """Data, model, optimizer, plugins and sinks, assembled into the trainer."""
     data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, settings.data.scenario,
                        cfg.net.get("img_size"), device, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(derive(cfg.seed, Stream.init))
     model = instantiate(cfg.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
                                                   in_chans=data.in_chans).to(device)
     threads, eval_threads, beside = set_threads(cfg.threads, launcher_cpus, model, device)
-    plugins = build_plugins(cfg, model, run_dir)
+    plugins = build_plugins(cfg, model, data, run_dir)
     config = plain(cfg)
     template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value, net=cfg.net.name,
                          meta=config["meta"], seed=cfg.seed, strategy=plugins[0].name, run_dir=str(run_dir),
                          sweep=sweep, device=str(device), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                         threads=threads,
-                         parameters=sum(p.numel() for p in model.parameters()))
+                         threads=threads, **sizes(model, instantiate(cfg.optimizer, _convert_="all"),
+                                                  len(tasks)))
     train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
                           eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
                           fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,

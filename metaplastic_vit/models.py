@@ -52,6 +52,9 @@ _ATTN_WEIGHTS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", *_BVIT_WEIGHTS)
 _ATTN_INPUTS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2", "head")
 _FULL_WEIGHTS = ("patch_embed.proj", *_ATTN_WEIGHTS)
 _VIT_NORMS = ("blocks.*.norm1", "blocks.*.norm2", "norm")
+_WALK_WEIGHTS = ("embed", "blocks.*.fc*", "head")
+_WALK_INPUTS = ("blocks.*.fc*", "head")
+_WALK_NORMS = ("norm*", "blocks.*.norm")
 
 MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
     NetSpec("vit", "vit", summary="full-precision timm ViT (the seed's vit)"),
@@ -75,11 +78,23 @@ MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
             summary="bnn's full-precision twin (ReLU)"),
     NetSpec("bnn_ln", "mlp", ("fc*",), scale=BinaryScale.none, per_task=("norm*",),
             summary="bnn with LayerNorm instead of BatchNorm: no statistics carry or lose a task"),
+    # The walk from bnn_ln to bvit_full, one component at a time (TokenMLP: one token, no attention; the
+    # structure of each step is in its conf/net file): residual connections, then pre-norm placement, then the
+    # ViT's width, two-layer blocks and 1/sqrt(fan_in) scale, then GELU where the ViT has it; bvit_full adds
+    # tokens and attention.
+    *(NetSpec(name, "walk", _WALK_WEIGHTS, _WALK_INPUTS, scale=scale, per_task=_WALK_NORMS, summary=summary)
+      for name, scale, summary in (
+          ("walk_resid", BinaryScale.none, "bnn_ln with residual connections (post-norm)"),
+          ("walk_prenorm", BinaryScale.none, "walk_resid with the ViT's pre-norm placement"),
+          ("walk_vitwidth", BinaryScale.fan_in, "walk_prenorm at the ViT's width and blocks, 1/sqrt(fan_in) scale"),
+          ("walk_gelu", BinaryScale.fan_in, "walk_vitwidth with GELU inside the blocks, as the ViT's MLP"))),
 )}
 
 NORMS = ("layer", "batch")
 VIT_ARCH = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "proj_bias", "class_token")
 MLP_ARCH = ("hidden", "transductive_bn")
+WALK_ARCH = ("embed_dim", "depth", "mlp_ratio", "residual", "prenorm", "gelu")
+ARCH_KEYS = {"vit": VIT_ARCH, "mlp": MLP_ARCH, "walk": WALK_ARCH}
 
 
 class MLP(nn.Module):
@@ -112,6 +127,59 @@ class MLP(nn.Module):
             if i < self.num_layers:
                 x = self.act(x)
         return x
+
+
+class _WalkBlock(nn.Module):
+    """One block of TokenMLP: a linear map `fc`, or the ViT's MLP `fc1` -> (GELU) -> `fc2`; and its `norm`."""
+
+    def __init__(self, dim: int, hidden: int | None, gelu: bool) -> None:
+        super().__init__()
+        if hidden is None:
+            self.fc = nn.Linear(dim, dim)
+        else:
+            self.fc1 = nn.Linear(dim, hidden)
+            self.act = nn.GELU() if gelu else nn.Identity()
+            self.fc2 = nn.Linear(hidden, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's linear map(s), without the norm."""
+        return self.fc(x) if hasattr(self, "fc") else self.fc2(self.act(self.fc1(x)))
+
+
+class TokenMLP(nn.Module):
+    """A ViT reduced to one token per image and no attention: the steps of the walk from bnn_ln to bvit_full.
+
+    `embed` maps the flattened image to `embed_dim`; `depth` blocks follow (`_WalkBlock`: one map, or the ViT's
+    MLP of `mlp_ratio` times the width); `head` maps to the classes. Post-norm (the paper's MLP): after each map
+    x <- norm(x + map(x)) with `residual`, norm(map(x)) without, the embedding and the head normalised too
+    (`norm0`, `norm`), so that without residuals this is bnn_ln. Pre-norm (the ViT): x <- x + map(norm(x)), and
+    the head reads norm(x). Which maps are binary and which inputs are signs is the net's policy, as in a ViT.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, embed_dim: int = 1024, depth: int = 1,
+                 mlp_ratio: float | None = None, residual: bool = True, prenorm: bool = False,
+                 gelu: bool = False) -> None:
+        super().__init__()
+        hidden = None if mlp_ratio is None else int(embed_dim * mlp_ratio)
+        self.residual, self.prenorm = residual, prenorm
+        self.embed = nn.Linear(in_features, embed_dim)
+        if not prenorm:
+            self.norm0 = nn.LayerNorm(embed_dim)
+        self.blocks = nn.ModuleList(_WalkBlock(embed_dim, hidden, gelu) for _ in range(depth))
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.norm = nn.LayerNorm(embed_dim if prenorm else num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        x = self.embed(x.flatten(1))
+        if self.prenorm:
+            for block in self.blocks:
+                x = x + block.map(block.norm(x))
+            return self.head(self.norm(x))
+        x = self.norm0(x)
+        for block in self.blocks:
+            x = block.norm(x + block.map(x) if self.residual else block.map(x))
+        return self.norm(self.head(x))
 
 
 class TokenBatchNorm(nn.BatchNorm1d):
@@ -163,6 +231,10 @@ def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hi
                norm=spec.norm)
 
 
+def _build_walk(img_size: int, in_chans: int, num_classes: int, **arch: object) -> nn.Module:
+    return TokenMLP(in_chans * img_size * img_size, num_classes, **arch)
+
+
 def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_inputs: Sequence[str] | None = None,
                  binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
                  norm: str | None = None, norm_affine: bool | None = None,
@@ -197,12 +269,16 @@ def create_model(name: str, *, num_classes: int, img_size: int, in_chans: int,
     The returned model carries its resolved spec as `model.net_spec`.
     """
     spec = resolve_spec(name, binary_weights, binary_inputs, binary_scale, per_task, norm, norm_affine, frozen)
-    allowed = VIT_ARCH if spec.family == "vit" else MLP_ARCH
+    allowed = ARCH_KEYS[spec.family]
     unknown = sorted(set(arch) - set(allowed))
     if unknown:
         raise UserError(f"unknown arch keys {unknown} for net {name!r}; allowed: {', '.join(allowed)}")
     if spec.family == "vit":
         model = _build_vit(img_size, in_chans, num_classes, norm=spec.norm, norm_affine=spec.norm_affine, **arch)
+    elif spec.family == "walk":
+        if spec.norm != "layer" or not spec.norm_affine:
+            raise UserError(f"net {name!r} is a walk step: its norms are LayerNorms with a scale and shift")
+        model = _build_walk(img_size, in_chans, num_classes, **arch)
     else:
         if not spec.norm_affine:
             raise UserError(f"net {name!r} is an MLP: norm_affine applies to ViT norms only")

@@ -273,6 +273,11 @@ def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaO
     return groups
 
 
+def metaplastic_numel(groups: Sequence[Mapping[str, Any]]) -> int:
+    """How many weights the metaplastic rule acts on in these param groups (meta > 0, >= 2 dimensions)."""
+    return sum(p.numel() for g in groups if g["meta"] for p in g["params"] if p.dim() >= 2)
+
+
 def _layer_metas(names: list[str], metas: list[float], meta_layers: Mapping[str, Mapping[str, Any]]) -> list[float]:
     """`metas` with each optimizer.meta_layers group's value on the tensors its patterns match (each tensor in
     at most one group; every group matching some tensor)."""
@@ -298,11 +303,16 @@ def _layer_metas(names: list[str], metas: list[float], meta_layers: Mapping[str,
     return metas
 
 
-def metaplastic_adam(model: nn.Module, *, lr: float, weight_decay: float, meta: float | Sequence[float],
-                     meta_on: MetaOn | str = MetaOn.all, meta_layers: Mapping[str, Mapping[str, Any]] | None = None,
+def metaplastic_adam(model: nn.Module, task: int = 0, *, lr: float, weight_decay: float,
+                     meta: float | Sequence[float], meta_on: MetaOn | str = MetaOn.all,
+                     meta_layers: Mapping[str, Mapping[str, Any]] | None = None, meta_from_task: int = 0,
                      betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
                      meta_scale: MetaScale | str = MetaScale.none,
                      implementation: Implementation | str = Implementation.auto) -> MetaplasticAdam:
-    """MetaplasticAdam over `model`'s parameters, grouped by meta (the optimizer config's target)."""
+    """MetaplasticAdam over `model`'s parameters, grouped by meta, for learning task `task` (0-based): the
+    optimizer config's target. Before task `meta_from_task` (0-based) every meta is 0: plain Adam, so the
+    first tasks are learned without consolidation (a probe of when consolidation must start)."""
+    if task < meta_from_task:
+        meta, meta_layers = 0.0, None
     return MetaplasticAdam(param_groups(model, meta, meta_on, meta_layers), lr=lr, betas=betas, eps=eps,
                            weight_decay=weight_decay, meta_scale=meta_scale, implementation=implementation)

@@ -37,11 +37,6 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def protocol(scenario: str) -> str:
-    """How a run's own accuracy matrix was tested, in words."""
-    return "with the task id (task scenario)" if scenario == "task" else f"without the task id ({scenario} scenario)"
-
-
 def task_boundaries(ax: Axes, epochs: Sequence[EpochRecord]) -> None:
     """Dashed lines where a new task begins, labelled with the task number."""
     for k, e in enumerate(epochs):
@@ -66,7 +61,7 @@ def accuracy_curves(record: RunRecord) -> Figure:
     ax.set_xlim(0.5, len(record.epochs) + 0.5)
     ax.grid(alpha=0.3)
     ax.legend(title="tested task", fontsize=8, loc="lower left")
-    ax.set_title(f"every task during training, tested {protocol(record.scenario)}", pad=16, fontsize=10)
+    ax.set_title(f"every task during training, tested {record.protocol}", pad=16, fontsize=10)
     return fig
 
 
@@ -90,7 +85,7 @@ def matrix_heatmap(ax: Axes, matrix: Sequence[Sequence[float]], names: Sequence[
 
 def accuracy_matrices(record: RunRecord) -> Figure:
     """The run's accuracy matrix beside the task-aware one (one panel in the task scenario, where they agree)."""
-    panels = [(record.acc_matrix, f"tested {protocol(record.scenario)}")]
+    panels = [(record.acc_matrix, f"tested {record.protocol}")]
     if record.scenario != "task":
         panels.append((record.acc_matrix_task_aware, "task-aware (tested with the task id)"))
     t = len(record.tasks)

@@ -4,7 +4,8 @@ The trainer builds a `RunRecord` after every epoch; sinks receive it and never c
 matrices R are T x T in percent: row i after training task i, column j the tested task j.
 
 - `acc_matrix`: tested as the run's scenario says: without the task id in `domain` and `class` (live state,
-  no output mask), with it in `task`.
+  no output mask), with it in `task`. One exception, named by `protocol`: with transductive BatchNorm each
+  test batch holds one task and is normalised with its own statistics, which carries the task's identity.
 - `acc_matrix_task_aware`: the same network tested with the task id (each task's per-task state restored
   and the outputs masked to its classes); equal to `acc_matrix` in the task scenario.
 - `val_acc_matrix`: `acc_matrix`'s protocol on each task's validation split (held out from training):
@@ -24,11 +25,15 @@ from .atomic import atomic_write
 
 FORMAT = 2
 RESULTS = "results.json"
+SEARCH = "search.json"  # a search's objectives, directions, budget, seeds and space (hydra/sweeper=optuna)
+TRIALS = "trials.json"  # a search's trials: values, objectives and their standard errors, run directories
 # Config keys that do not change what a run computes: a run may resume with other values for them, and a
 # report does not tell runs apart by them. The test batch size matters only with transductive BatchNorm.
 NON_SCIENTIFIC = ("logger", "paths", "threads", "compile", "device", "checkpoint", "sweep_name", "tags", "data.root",
                   "data.cache_dir", "data.download", "data.eval_batch_size", "optimizer.implementation")
 STATUSES = ("running", "completed", "failed", "interrupted")
+# The record's validation metrics: what a search may optimise (the test metrics are only reported)
+VALIDATION_METRICS = ("val_avg_acc", "val_old_acc", "val_new_acc")
 
 
 class MalformedRecordError(ValueError):
@@ -72,6 +77,9 @@ class RunRecord:
     precision: str = "fp32"
     threads: int = 1
     parameters: int = 0
+    binary_weights: int = 0  # hidden weights of the binary layers (computing with their sign)
+    metaplastic_weights: int = 0  # weights the metaplastic rule acts on in this run (meta > 0, >= 2-D)
+    fan_in: dict[str, int] = field(default_factory=dict)  # inputs per output of each binary layer
     reason: str | None = None
     acc_matrix: list[list[float]] = field(default_factory=list)
     acc_matrix_task_aware: list[list[float]] = field(default_factory=list)
@@ -100,6 +108,34 @@ class RunRecord:
     def complete(self) -> bool:
         """Whether every task has its row in the accuracy matrix."""
         return bool(self.tasks) and len(self.acc_matrix) == len(self.tasks)
+
+    @property
+    def transductive(self) -> bool:
+        """Whether BatchNorm normalised each test batch (all of one task) with that batch's own statistics."""
+        return bool((self.config.get("net") or {}).get("transductive_bn"))
+
+    @property
+    def uses_task_identity(self) -> bool:
+        """Whether `acc_matrix` was tested with the task identity: the task scenario, or task-pure test batches
+        normalised with their own statistics (transductive BatchNorm)."""
+        return self.scenario == "task" or self.transductive
+
+    @property
+    def protocol(self) -> str:
+        """How `acc_matrix` was tested, in words (for consoles, figures, reports and W&B)."""
+        if self.scenario == "task":
+            return "with the task id (task scenario)"
+        if self.transductive:
+            return (f"with the task identity through task-pure test batches (transductive BatchNorm, "
+                    f"{self.scenario} scenario)")
+        return f"without the task id ({self.scenario} scenario)"
+
+    @property
+    def tested(self) -> str:
+        """`protocol` in a few words (table columns, figure titles)."""
+        if self.scenario == "task":
+            return "task id"
+        return "task id via transductive BN" if self.transductive else "no task id"
 
     @property
     def histograms(self) -> dict[str, list[dict[str, Any]]]:

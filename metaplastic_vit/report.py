@@ -14,6 +14,7 @@ import base64
 import html
 import json
 import math
+import shutil
 import statistics
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import numpy as np
 
 from . import plots
 from .errors import UserError
-from .record import NON_SCIENTIFIC, RESULTS, MalformedRecordError, RunRecord, flat_config, read_record
+from .record import NON_SCIENTIFIC, RESULTS, SEARCH, TRIALS, MalformedRecordError, RunRecord, flat_config, read_record
 
 IGNORED = (*NON_SCIENTIFIC, "seed")
 # Config keys implied by others (interpolated copies).
@@ -42,6 +43,7 @@ METRICS: list[tuple[str, str]] = [
     ("val_avg_acc", "validation ACC"),
 ]
 ATTENUATED_BELOW = 0.5
+NO_EFFECT_BELOW = 0.005  # a consolidated share below this shows as 0.00: no measurable effect
 
 
 @dataclass
@@ -198,12 +200,23 @@ OBJECTIVE_LABELS = {"val_old_acc": "earlier tasks, validation accuracy (%)",
                     "val_avg_acc": "all tasks, validation accuracy (%)"}
 
 
+def _sizes(record: RunRecord) -> list[str]:
+    """Parameters, binary weights, metaplastic weights and the binary layers' fan-in range of a run."""
+    fan_in = sorted(set(record.fan_in.values()))
+    span = "–" if not fan_in else str(fan_in[0]) if len(fan_in) == 1 else f"{fan_in[0]}–{fan_in[-1]}"
+    return [f"{record.parameters:,}", f"{record.binary_weights:,}", f"{record.metaplastic_weights:,}", span]
+
+
+SIZE_COLUMNS = ["parameters", "binary weights", "metaplastic weights", "fan-in"]
+
+
 def table_rows(keys: list[str], groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table."""
-    head = [*(_label(k) for k in keys), "runs", "seeds", *(title for _, title in METRICS),
-            "consolidated at task ends"]
-    rows = [[*(_value(k, v) for k, v in zip(keys, g.key, strict=True)), str(len(g.runs)), str(len(g.seeds)),
-             *(_cell(g.stats[m]) for m, _ in METRICS), _share(g.consolidated)] for g in groups]
+    head = [*(_label(k) for k in keys), "tested", "runs", "seeds", *(title for _, title in METRICS),
+            "consolidated at task ends", *SIZE_COLUMNS]
+    rows = [[*(_value(k, v) for k, v in zip(keys, g.key, strict=True)), g.runs[0].record.tested, str(len(g.runs)),
+             str(len(g.seeds)), *(_cell(g.stats[m]) for m, _ in METRICS), _share(g.consolidated),
+             *_sizes(g.runs[0].record)] for g in groups]
     return head, rows
 
 
@@ -215,27 +228,39 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def notes_for(runs: list[Run], keys: list[str], groups: list[Group]) -> list[str]:
-    """Plain-words notes: what was tested how, single seeds, and meta values that consolidated nothing."""
-    scenarios = sorted({r.record.scenario for r in runs})
+    """Plain-words notes: what was tested how, single seeds, and every meta that consolidated nothing."""
+    protocols = sorted({r.record.protocol for r in runs})
     notes = [f"{len(runs)} completed runs in {len(groups)} groups (runs equal in every scientific setting but the "
              f"seed). Values: mean ± half-width of the 95% confidence interval over seeds (Student t); a value "
              f"without an interval comes from a single run.",
-             f"ACC, task 1 final, newest task final, BWT and forgetting are tested as each run's scenario says "
-             f"({', '.join(scenarios)}: {'; '.join(plots.protocol(s) for s in scenarios)}); ACC task-aware tests "
-             "every task with its identity (per-task state restored, outputs masked). Choose settings on the "
-             "validation ACC, never on the test columns."]
+             f"ACC, task 1 final, newest task final, BWT and forgetting are tested as each run's protocol says "
+             f"({'; '.join(protocols)}); ACC task-aware tests every task with its identity (per-task state "
+             "restored, outputs masked). Choose settings on the validation ACC, never on the test columns."]
+    if any(r.record.transductive for r in runs):
+        notes.append("Runs with transductive BatchNorm normalise each test batch, which holds a single task, with "
+                     "its own statistics: their accuracies use the task identity even outside the task scenario "
+                     "(the column 'tested' names them).")
     if any(len(g.seeds) < 3 for g in groups):
         notes.append("Groups with fewer than 3 seeds: " + ", ".join(
             "/".join(_value(k, v) for k, v in zip(keys, g.key, strict=True)) or "all"
             for g in groups if len(g.seeds) < 3) + ".")
+    idle = []
     for g in groups:
         meta = g.runs[0].record.meta
         shares = [s for s in g.consolidated if s is not None]
-        if meta and shares and max(shares) == 0:
-            label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "these runs"
-            notes.append(f"meta {meta} had no measurable effect on this budget ({label}): no hidden weight reached "
-                         f"f < {ATTENUATED_BELOW} at any task end.")
+        if meta and shares and max(shares) < NO_EFFECT_BELOW:
+            others = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True) if k != "meta")
+            idle.append(f"meta {meta}" + (f" ({others})" if others else ""))
+    if idle:
+        notes.append(f"No measurable effect on this budget: {_join(idle)} consolidated under "
+                     f"{NO_EFFECT_BELOW:.1%} of the metaplastic hidden weights (f < {ATTENUATED_BELOW}) at every "
+                     "task end (0.00 in the table).")
     return notes
+
+
+def _join(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _series_key(keys: list[str], group: Group) -> str:
@@ -309,7 +334,7 @@ def matrix_grid(keys: list[str], groups: list[Group], path: Path) -> Path:
         record = g.runs[0].record
         mean = np.mean([r.record.acc_matrix for r in g.runs], axis=0).tolist()
         title = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "all runs"
-        im = plots.matrix_heatmap(ax, mean, record.tasks, title=f"{title}\n({record.scenario} scenario)")
+        im = plots.matrix_heatmap(ax, mean, record.tasks, title=f"{title}\n(tested: {record.tested})")
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="test accuracy (%)", shrink=0.8)
@@ -326,7 +351,8 @@ class Search:
     path: Path
     objectives: list[str]
     directions: list[str]
-    trials: list[dict[str, Any]]  # COMPLETE trials: number, params, values, run_dir, and test ACC if readable
+    seeds: list[int | None]
+    trials: list[dict[str, Any]]  # COMPLETE trials: number, params, values, stderr, run_dirs, test numbers (means)
 
     def front(self) -> list[dict[str, Any]]:
         """The trials no other trial beats in every objective (in the objectives' directions)."""
@@ -341,26 +367,40 @@ class Search:
 
         return sorted((t for t in self.trials if not dominated(t)), key=lambda t: score(t)[0], reverse=True)
 
+    def best(self) -> dict[str, Any]:
+        """The best trial on the single objective (the lowest trial number among equals)."""
+        if len(self.objectives) != 1:
+            raise UserError(f"{self.path}: a search on {len(self.objectives)} objectives has a front, not one best "
+                            "trial")
+        if not self.trials:
+            raise UserError(f"{self.path}: no trial of the search completed")
+        sign = 1 if self.directions[0] == "maximize" else -1
+        return min(self.trials, key=lambda t: (-sign * t["values"][self.objectives[0]], t["number"]))
+
+
+TEST_NUMBERS = ("avg_acc", "avg_acc_task_aware", "first_task", "newest_task")
+
+
+def _test_numbers(run_dirs: Sequence[str]) -> dict[str, float | None]:
+    """The test numbers of a trial's runs, averaged over them (None where a run cannot be read)."""
+    try:
+        records = [read_record(Path(d) / RESULTS) for d in run_dirs]
+        values = {k: [_metric(r, k) for r in records] for k in TEST_NUMBERS}
+    except (OSError, MalformedRecordError, TypeError, IndexError):
+        return dict.fromkeys(TEST_NUMBERS)
+    return {k: statistics.fmean(v) if v and None not in v else None for k, v in values.items()}
+
 
 def load_search(path: Path) -> Search | None:
     """The search in `path` (search.json and trials.json written by the sweeper), or None."""
     try:
-        spec = json.loads((path / "search.json").read_text())
-        rows = json.loads((path / "trials.json").read_text())
+        spec = json.loads((path / SEARCH).read_text())
+        rows = json.loads((path / TRIALS).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    trials = []
-    for t in rows:
-        if t.get("state") != "COMPLETE" or not t.get("values"):
-            continue
-        try:
-            record = read_record(Path(t["run_dir"]) / RESULTS)
-            t = {**t, "avg_acc": record.avg_acc, "avg_acc_task_aware": record.avg_acc_task_aware,
-                 "first_task": record.acc_matrix[-1][0], "newest_task": record.acc_matrix[-1][-1]}
-        except (OSError, MalformedRecordError, TypeError, IndexError):
-            t = {**t, "avg_acc": None, "avg_acc_task_aware": None, "first_task": None, "newest_task": None}
-        trials.append(t)
-    return Search(path, spec["objectives"], spec["directions"], trials)
+    trials = [{**t, **_test_numbers(t.get("run_dirs", []))} for t in rows
+              if t.get("state") == "COMPLETE" and t.get("values")]
+    return Search(path, spec["objectives"], spec["directions"], spec.get("seeds", [None]), trials)
 
 
 def _params(trial: dict[str, Any]) -> str:
@@ -372,19 +412,26 @@ def search_section(search: Search, out: Path) -> tuple[list[str], list[Path]]:
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.1f}"
 
+    def value(t: dict[str, Any], o: str) -> str:
+        se = (t.get("stderr") or {}).get(o)
+        return fmt(t["values"][o]) + (f" ± {se:.1f}" if se is not None else "")
+
     multi = len(search.objectives) > 1
     chosen = search.front() if multi else sorted(
         search.trials, key=lambda t: t["values"][search.objectives[0]],
         reverse=search.directions[0] == "maximize")[:5]
     head = ["trial", "values", *search.objectives, "test: ACC", "test: task 1 final", "test: newest task final",
             "test: ACC task-aware"]
-    rows = [[str(t["number"]), _params(t), *(fmt(t["values"][o]) for o in search.objectives), fmt(t["avg_acc"]),
+    rows = [[str(t["number"]), _params(t), *(value(t, o) for o in search.objectives), fmt(t["avg_acc"]),
              fmt(t["first_task"]), fmt(t["newest_task"]), fmt(t["avg_acc_task_aware"])] for t in chosen]
     what = "Pareto front" if multi else "best trials"
+    seeds = [s for s in search.seeds if s is not None]
+    over = (f"each trial's mean over its runs at seeds {', '.join(map(str, seeds))} ± the standard error of that "
+            "mean" if len(seeds) > 1 else f"one run per trial (seed {seeds[0] if seeds else 'of the config'})")
     lines = [f"## Search {search.path.name}: {what}", "",
-             f"{len(search.trials)} finished trials, chosen on {', '.join(search.objectives)} (validation); the test "
-             "columns are reported for the chosen trials only, never used to choose them.", "",
-             markdown_table(head, rows), ""]
+             f"{len(search.trials)} finished trials, chosen on {', '.join(search.objectives)} (validation: {over}); "
+             "the test columns (means over the same runs) are reported for the chosen trials only, never used to "
+             "choose them.", "", markdown_table(head, rows), ""]
     figures = []
     if multi and len(search.objectives) == 2:
         figures.append(pareto_plot(search, out / f"pareto_{len(list(out.glob('pareto_*.png')))}.png"))
@@ -446,6 +493,10 @@ def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
                 if (found := load_search(p)) is not None]
     search_lines: list[str] = []
     for search in searches:
+        keep = out / "searches" / search.path.name  # the finished search's summary, for exporting its values
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in (SEARCH, TRIALS):
+            shutil.copyfile(search.path / name, keep / name)
         lines, more = search_section(search, out)
         search_lines += lines
         figures += more
@@ -462,7 +513,9 @@ def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     (out / "report.html").write_text(_html(title, head, rows, figures, notes, extra))
     summary = [{"key": dict(zip(keys, g.key, strict=True)), "runs": [str(r.path) for r in g.runs], "seeds": g.seeds,
                 **{m: {"mean": g.stats[m][0], "ci95": g.stats[m][1]} for m, _ in METRICS},
-                "consolidated": g.consolidated} for g in groups]
+                "consolidated": g.consolidated, "tested": g.runs[0].record.tested,
+                **{k: getattr(g.runs[0].record, k) for k in ("parameters", "binary_weights", "metaplastic_weights",
+                                                             "fan_in")}} for g in groups]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"keys": keys, "groups": groups, "skipped": skipped, "figures": figures, "table": table, "out": out,
             "searches": searches}

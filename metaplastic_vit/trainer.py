@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import seeds
 from .atomic import save_torch
 from .data import Batch, Scenario, TaskSet
 from .data.loader import EvalSet
@@ -146,14 +147,15 @@ class _Trained:
 class ContinualTrainer:
     """Trains `model` on `data.tasks` in order and measures every task after every epoch.
 
-    `make_optimizer(model)` builds the optimizer (at every task when `fresh_optimizer`); `plugins` get the
-    loop's hooks in order; `template` holds the record's fixed fields (config, net, meta, ...);
+    `make_optimizer(model, task)` builds the optimizer for a task (at every task when `fresh_optimizer`);
+    `plugins` get the loop's hooks in order; `template` holds the record's fixed fields (config, net, meta, ...);
     `stop_check()` is called between batches and raises to stop the run (runtime.Interrupts.check).
     """
 
-    def __init__(self, model: nn.Module, data: TaskSet, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                 plugins: Sequence[Plugin], settings: TrainSettings, run_dir: str | Path, fingerprint: str,
-                 template: RunRecord, stop_check: Callable[[], None] | None = None) -> None:
+    def __init__(self, model: nn.Module, data: TaskSet,
+                 make_optimizer: Callable[[nn.Module, int], torch.optim.Optimizer], plugins: Sequence[Plugin],
+                 settings: TrainSettings, run_dir: str | Path, fingerprint: str, template: RunRecord,
+                 stop_check: Callable[[], None] | None = None) -> None:
         self.model = model
         self.data = data
         self.make_optimizer = make_optimizer
@@ -178,12 +180,12 @@ class ContinualTrainer:
             from torch._dynamo.exc import BackendCompilerFailed
 
             self._compile_failure = BackendCompilerFailed
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = seeds.generator(settings.seed, seeds.Stream.shuffle)
         self.masks = data.task_masks
         self.has_val = all(len(t.splits["val"]) for t in data.tasks)
         self.eval_set = EvalSet(data.tasks, settings.eval_batch_size, mix_tasks=not uses_batch_statistics(model))
         self.base_lr = 0.0
-        self.optimizer = self._new_optimizer()  # built now, so a bad optimizer setting fails before the run starts
+        self.optimizer = self._new_optimizer(0)  # built now, so a bad optimizer setting fails before the run starts
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.precision == Precision.fp16 else None
         self.state = _State()
         names = [p.name for p in self.plugins]
@@ -222,8 +224,8 @@ class ContinualTrainer:
     def _task_lr(self, task: int) -> float:
         return self.base_lr * self.s.gamma ** (-task)
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        optimizer = self.make_optimizer(self.model)
+    def _new_optimizer(self, task: int) -> torch.optim.Optimizer:
+        optimizer = self.make_optimizer(self.model, task)
         self.base_lr = optimizer.defaults["lr"]
         return optimizer
 
@@ -270,6 +272,7 @@ class ContinualTrainer:
         if self.scaler is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.state.next_task < len(self.data.tasks):
+            self.optimizer = self._new_optimizer(self.state.next_task)  # the optimizer of the task it resumes
             self.optimizer.load_state_dict(ckpt["optimizer"])
         last = self.state.epochs[-1]
         self._saved = (last.task, last.epoch)
@@ -483,7 +486,7 @@ class ContinualTrainer:
         this one's training), and this one too when its test ran in the loop."""
         i, e = self._current = self._next
         if e == 0 and i > 0 and self.s.fresh_optimizer:
-            self.optimizer = self._new_optimizer()
+            self.optimizer = self._new_optimizer(i)
         for group in self.optimizer.param_groups:
             group["lr"] = self._task_lr(i)
         ctx = self._context(i)

@@ -1,75 +1,103 @@
 #!/usr/bin/env bash
-# Every experiment of docs/science.md at its documented budget, on the local launcher (2 jobs at a time).
-#   scripts/science.sh [searches|seeds|reports|all]   (default: all; runs under $METAPLASTIC_OUTPUT or outputs/,
-#                                                      reports in docs/science/)
-# Searches write their best values to <study>/search.json; the seeded sweeps read the values committed in
-# sweeps/candidates/ (tags.validated), so after a new search copy its best value there first.
-# Every command resumes: running the script again finishes what an interrupted run left.
+# Every experiment of docs/science.md, in dependency order, on the local launcher (2 jobs at a time). Each part
+# first searches on validation data (seeds 100-102: never the evaluation seeds), writes each search's report
+# into docs/science/search/ and exports its best values, at full precision, into sweeps/candidates/
+# (python -m metaplastic_vit.candidates export); then it runs its seeded sweeps (seeds 0-2) and their reports.
+#   scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|reports|all]   (default: all)
+# Runs go under $METAPLASTIC_OUTPUT (default outputs/); reports into docs/science/. Every command resumes:
+# running the script again finishes what an interrupted run left (a search continues its study).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${METAPLASTIC_OUTPUT:-outputs}
 export METAPLASTIC_OUTPUT=$OUT
 QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=none)
+DOCS=docs/science
 what=${1:-all}
 
-searches() {
-  for c in vit bvit bvit_full bnn bnn_ln bvit_full_wide bvit_full_deep bvit_full_binmeta bvit_resid \
-      bvit_full_noaffine bvit_full_frozen bvit_full_nocls bvit_full_nobias bvit_full_mlp16 bvit_full_long bvit_full_bn; do
-    "$PY" run.py -m +search=meta +candidate=$c hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
-  done
-  "$PY" run.py -m +search=meta_rms +candidate=bvit_full_rms hydra.sweeper.n_trials=8 hydra.sweeper.n_jobs=2 \
+# search <search> <candidate> <label> [overrides...]: run a named search for a candidate, report it into
+# docs/science/search/<search>/<label>, and export its best values into the candidate
+search() {
+  local name=$1 candidate=$2 label=$3
+  shift 3
+  local dir=$OUT/search/$name/$label
+  "$PY" run.py -m "+search=$name" "+candidate=$candidate" "$@" hydra.sweep.dir="$dir" hydra.sweeper.n_jobs=2 \
     "${QUIET[@]}"
-  "$PY" run.py -m +search=meta_layers +candidate=bvit_full_layerwise hydra.sweeper.n_trials=12 hydra.sweeper.n_jobs=2 \
-    "${QUIET[@]}"
-  for c in bvit_full bnn_ln bvit_full_nocls; do
-    for s in ewc si lwf; do  # 4 trials of TPE's random start, then 3 quasi-random ones to cover the range
-      "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=4 hydra.sweeper.n_jobs=2 \
-        "${QUIET[@]}"
-      "$PY" run.py -m +search=strength +candidate=$c strategy=$s hydra.sweeper.n_trials=7 hydra.sweeper.sampler=qmc \
-        hydra.sweeper.n_jobs=2 "${QUIET[@]}"
-    done
-  done
-  for c in bvit_full bnn_ln; do
-    "$PY" run.py -m +search=meta_front +candidate=$c hydra.sweeper.n_trials=6 hydra.sweeper.n_jobs=2 "${QUIET[@]}"
-  done
+  "$PY" -m metaplastic_vit.report "$dir" --out "$DOCS/search/$name/$label" > /dev/null
+  "$PY" -m metaplastic_vit.candidates export "$DOCS/search/$name/$label/searches/$label" "$candidate"
 }
 
-seeds() {
-  for sweep in science baselines science_split science_5tasks science_screen science_followup \
-      science_screen_seeds science_norm science_layers; do
-    "$PY" run.py -m +sweep=$sweep hydra.sweep.dir="$OUT/science/$sweep" "${QUIET[@]}"
+# sweep <name>: a seeded sweep of sweeps/<name>.yaml under $OUT/science/<name>
+sweep() {
+  "$PY" run.py -m "+sweep=$1" hydra.sweep.dir="$OUT/science/$1" "${QUIET[@]}"
+}
+
+report() {  # report <out> <dir> [<dir> ...]
+  local out=$1
+  shift
+  "$PY" -m metaplastic_vit.report "$@" --out "$DOCS/$out" > /dev/null
+}
+
+main() {
+  for c in bnn_ln bvit_full bnn vit bvit; do
+    search meta "$c" "$c" hydra.sweeper.n_trials=8
   done
-  # the default net before the study, for the comparison with the new default
-  "$PY" run.py -m net=bvit_full_ln meta=50 seed=0,1,2 hydra.sweep.dir="$OUT/science/previous_default" "${QUIET[@]}"
+  sweep science
+}
+
+baselines() {
+  for c in bnn_ln bvit_full; do
+    for s in ewc si lwf; do
+      search strength "$c" "$c-$s" strategy=$s
+    done
+  done
+  sweep baselines
+}
+
+statistics() {
+  sweep science_statistics
+}
+
+walk() {
+  for c in walk_vitwidth walk_gelu walk_resid walk_prenorm; do
+    search meta "$c" "$c" hydra.sweeper.n_trials=8
+  done
+  sweep science_walk
+}
+
+capacity() {  # one search seed per trial (seed 100): the larger ViTs take minutes per run
+  for c in bnn_ln_h64 bnn_ln_h128 bnn_ln_h256 bnn_ln_h512 bnn_ln_h1024 bvit_full_e64 bvit_full_e128 \
+      bvit_full_e64_d4 bvit_full_e128_d4 bvit_full_e256 bvit_full_e192_d4; do
+    search meta_lr "$c" "$c" hydra.sweeper.n_trials=8 "hydra.sweeper.seeds=[100]"
+  done
+  sweep science_capacity
+}
+
+probes() {
+  sweep science_probes
+}
+
+tasks() {  # five permuted tasks, and split digits in the class scenario, at the metas validated on three tasks
+  sweep science_5tasks
+  sweep science_split
 }
 
 reports() {
-  "$PY" -m metaplastic_vit.report "$OUT/science/science" --out docs/science/science
-  "$PY" -m metaplastic_vit.report "$OUT/science/baselines" "$OUT"/science/science/*+candidate=bvit_full,* \
-    "$OUT"/science/science/*+candidate=bnn_ln,* "$OUT"/science/science_screen_seeds/*+candidate=bvit_full_nocls,* \
-    --out docs/science/baselines
-  "$PY" -m metaplastic_vit.report "$OUT/science/science_5tasks" --out docs/science/science_5tasks
-  "$PY" -m metaplastic_vit.report "$OUT/science/science_split" --out docs/science/science_split
-  "$PY" -m metaplastic_vit.report "$OUT/science/science_screen" --out docs/science/science_screen
-  "$PY" -m metaplastic_vit.report "$OUT/science/science_followup" "$OUT"/science/science/*+candidate=bvit_full,* \
-    --out docs/science/science_followup
-  "$PY" -m metaplastic_vit.report "$OUT/science/science_screen_seeds" "$OUT"/science/science/*+candidate=bvit_full,* \
-    --out docs/science/science_screen_seeds
-  "$PY" -m metaplastic_vit.report "$OUT/science/science_norm" "$OUT/science/science_layers" \
-    "$OUT"/science/science/*+candidate=bvit_full,* --out docs/science/science_norm_layers
-  "$PY" -m metaplastic_vit.report "$OUT/science/previous_default" "$OUT"/science/science/+arm=validated,+candidate=bvit_full,* \
-    --out docs/science/previous_default
-  for dir in "$OUT"/search/search_*/*/; do  # every search: best trials or the Pareto front, test numbers apart
-    name=$(basename "$(dirname "$dir")")/$(basename "$dir")
-    "$PY" -m metaplastic_vit.report "$dir" --out "docs/science/$name"
-  done
+  report science "$OUT/science/science"
+  report baselines "$OUT/science/baselines" "$OUT"/science/science/*+candidate=bvit_full,* \
+    "$OUT"/science/science/*+candidate=bnn_ln,*
+  report statistics "$OUT/science/science_statistics" "$OUT"/science/science/*+candidate=bnn,*
+  report walk "$OUT/science/science_walk" "$OUT"/science/science/*+candidate=bnn_ln,* \
+    "$OUT"/science/science/*+candidate=bvit_full,*
+  report capacity "$OUT/science/science_capacity"
+  report probes "$OUT/science/science_probes" "$OUT"/science/science/*+candidate=bvit_full,* \
+    "$OUT"/science/science/*+candidate=bnn_ln,*
+  report tasks "$OUT/science/science_5tasks" "$OUT/science/science_split"
 }
 
 case $what in
-  searches) searches ;;
-  seeds) seeds; reports ;;
-  reports) reports ;;
-  all) searches; seeds; reports ;;
-  *) echo "error: unknown part '$what'; use searches, seeds, reports or all" >&2; exit 2 ;;
+  main|baselines|statistics|walk|capacity|probes|tasks|reports) "$what" ;;
+  all) main; baselines; statistics; walk; probes; tasks; capacity; reports ;;
+  *) echo "error: unknown part '$what'; use main, baselines, statistics, walk, capacity, probes, tasks, reports or all" >&2
+     exit 2 ;;
 esac

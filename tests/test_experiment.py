@@ -128,8 +128,8 @@ def test_fingerprint_covers_what_changes_numbers():
 
 @pytest.mark.parametrize("net", sorted(MODELS))
 def test_every_registered_net_runs(tmp_path, net):
-    record = run(tmp_path, *tiny(f"net={net}", "epochs_per_task=1", "task_sequence=[pdigits]", "net.hidden=[32]")
-                 if MODELS[net].family == "mlp" else tiny(f"net={net}", "epochs_per_task=1", "task_sequence=[pdigits]"))
+    size = {"mlp": ["net.hidden=[32]"], "walk": ["net.embed_dim=32"], "vit": []}[MODELS[net].family]
+    record = run(tmp_path, *tiny(f"net={net}", "epochs_per_task=1", "task_sequence=[pdigits]", *size))
     assert record.status == "completed" and record.net == net
 
 
@@ -191,3 +191,41 @@ def test_the_command_returns_validation_accuracy_to_sweepers(tmp_path):
     returned = cli.main.__wrapped__(task)
     record = read_results(tmp_path)
     assert returned == record["val_avg_acc"] and returned != record["avg_acc"]
+
+
+def test_each_purpose_draws_from_its_own_random_stream():
+    """Permutation, validation hold-out, Fisher sample, replay, shuffling and initial weights never share a seed,
+    nor do two tasks of one purpose; and the seeds stay what they were (a change would change every result)."""
+    from metaplastic_vit import seeds
+    from metaplastic_vit.data import build_tasks, parse_task_sequence
+    from metaplastic_vit.data.splits import stratified_holdout
+
+    drawn = {(stream, task): seeds.derive(0, stream, task) for stream in seeds.Stream for task in range(3)}
+    assert len(set(drawn.values())) == len(drawn) and all(0 <= s < 2**63 for s in drawn.values())
+    assert seeds.derive(1, seeds.Stream.permutation, 0) != seeds.derive(0, seeds.Stream.permutation, 0)
+    assert seeds.derive(0, seeds.Stream.init) == 1445747666553143162
+    tasks = parse_task_sequence(["pdigits", "pdigits"], seed=0)
+    assert [t.permutation_seed for t in tasks] == [seeds.derive(0, seeds.Stream.permutation, k) for k in (0, 1)]
+    data = build_tasks(tasks, "unused", None, False, "auto", None, torch.device("cpu"), seed=0)
+    for i, task in enumerate(data.tasks):  # each task's hold-out is drawn from its own validation stream
+        full = torch.cat([task.splits["train"].idx, task.splits["val"].idx]).sort().values
+        held = stratified_holdout(task.images.train_y[full], 0.1, seeds.generator(0, seeds.Stream.validation, i))
+        assert torch.equal(full[held], task.splits["val"].idx.sort().values)
+
+
+def test_the_freeze_probe_stops_every_weight_tensor_after_its_task(tmp_path):
+    record = run(tmp_path, *tiny("net=bvit_full", "strategy=freeze", "meta=0"))
+    first, second = [[e for e in record.epochs if e.task == t] for t in (0, 1)]
+    assert any(v["flipped"] > 0 for e in first for v in e.layers.values())
+    assert all(v["flipped"] == 0 for e in second for v in e.layers.values())  # no sign moves
+    assert record.epochs[-1].train_acc != record.epochs[len(first)].train_acc  # the 1-D parameters still learn
+
+
+def test_meta_from_a_later_task_learns_the_first_task_as_plain_adam(tmp_path):
+    late = run(tmp_path / "late", *tiny("net=bvit_full", "meta=50", "optimizer.meta_from_task=1"))
+    plain = run(tmp_path / "plain", *tiny("net=bvit_full", "meta=0"))
+    first = [e for e in late.epochs if e.task == 0]
+    assert [e.test_acc for e in first] == [e.test_acc for e in plain.epochs[:len(first)]]
+    assert late.epochs[-1].test_acc != plain.epochs[-1].test_acc
+    assert first[-1].attenuated is None and late.epochs[-1].attenuated is not None
+    assert late.metaplastic_weights > 0

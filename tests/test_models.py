@@ -134,7 +134,8 @@ def test_every_config_net_is_in_the_registry_and_builds():
     names = {p.stem for p in (Path(__file__).parents[1] / "conf" / "net").glob("*.yaml")}
     assert names == set(MODELS)
     for name, spec in MODELS.items():
-        kw = TINY if spec.family == "vit" else dict(img_size=8, in_chans=1, num_classes=10, hidden=[16])
+        kw = {"vit": TINY, "mlp": dict(img_size=8, in_chans=1, num_classes=10, hidden=[16]),
+              "walk": dict(img_size=8, in_chans=1, num_classes=10, embed_dim=16)}[spec.family]
         model = create_model(name, **kw)
         assert model.net_spec == spec and model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
@@ -188,3 +189,47 @@ def test_vit_with_running_statistics_normalisation():
     assert create_model("bvit_full", norm="batch", norm_affine=False, **TINY).norm.weight is None
     with pytest.raises(UserError, match="unknown net.norm 'group'"):
         create_model("bvit_full", norm="group", **TINY)
+
+
+def _walk(name, **arch):
+    from conftest import config
+
+    net = config(f"net={name}").net
+    kw = {k: net[k] for k in ("embed_dim", "depth", "mlp_ratio", "residual", "prenorm", "gelu")}
+    return create_model(name, img_size=8, in_chans=1, num_classes=10, **{**kw, **arch})
+
+
+def test_the_walk_starts_at_bnn_ln_and_changes_one_component_per_step():
+    from conftest import config
+
+    torch.manual_seed(0)
+    mlp = create_model("bnn_ln", img_size=8, in_chans=1, num_classes=10, hidden=[24, 24]).eval()
+    plain = _walk("walk_resid", embed_dim=24, residual=False).eval()  # walk_resid without its residuals
+    names = {"fc1": "embed", "norm1": "norm0", "fc2": "blocks.0.fc", "norm2": "blocks.0.norm", "fc3": "head",
+             "norm3": "norm"}
+    plain.load_state_dict({f"{names[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in mlp.state_dict().items()})
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(plain(x), mlp(x))
+    nets = {n: config(f"net={n}").net for n in ("walk_resid", "walk_prenorm", "walk_vitwidth", "walk_gelu")}
+
+    def changed(a, b):
+        return {k for k in nets[a] if k != "name" and nets[a][k] != nets[b][k]}
+
+    assert changed("walk_resid", "walk_prenorm") == {"prenorm"}
+    assert changed("walk_prenorm", "walk_vitwidth") == {"embed_dim", "depth", "mlp_ratio"}
+    assert (MODELS["walk_prenorm"].scale, MODELS["walk_vitwidth"].scale) == ("none", "fan_in")
+    assert changed("walk_vitwidth", "walk_gelu") == {"gelu"}
+    assert nets["walk_resid"].embed_dim == 1024 and nets["walk_resid"].mlp_ratio is None  # bnn_ln's width
+
+
+def test_a_pre_norm_walk_step_computes_what_a_vit_block_does_without_attention():
+    torch.manual_seed(0)
+    net = _walk("walk_gelu", embed_dim=16).eval()
+    x = torch.randn(3, 1, 8, 8)
+    h = net.embed(x.flatten(1))
+    for block in net.blocks:
+        inner = F.gelu(F.linear(torch.sign(block.norm(h)), torch.sign(block.fc1.weight) / 4, block.fc1.bias))
+        h = h + F.linear(torch.sign(inner), torch.sign(block.fc2.weight) / 8, block.fc2.bias)
+    expected = F.linear(torch.sign(net.norm(h)), torch.sign(net.head.weight) / 4, net.head.bias)
+    torch.testing.assert_close(net(x), expected)
+    assert isinstance(net.embed, BinaryLinear) and not net.embed.binary_input  # real pixels in, as a patch embedding

@@ -11,11 +11,12 @@ from metaplastic_vit.report import build_report, load_runs, main, mean_interval,
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Small real runs on the embedded data: bvit x meta {0, 1.35} x seeds {0, 1}, and one EWC run."""
+    """Small real runs on the embedded data: bvit x meta {0, 1.35} x seeds {0, 1}, meta 1 once, and one EWC run."""
     out = tmp_path_factory.mktemp("sweep")
     for meta in (0, 1.35):
         for seed in (0, 1):
             run(out / f"meta={meta},seed={seed}", *tiny("net=bvit", f"meta={meta}", f"seed={seed}"))
+    run(out / "meta=1,seed=0", *tiny("net=bvit", "meta=1", "seed=0"))
     run(out / "ewc", *tiny("net=bvit", "meta=0", "seed=0", "strategy=ewc", "strategy.fisher_samples=64"))
     return out
 
@@ -31,7 +32,7 @@ def test_groups_differ_in_every_scientific_key_but_the_seed(sweep, tmp_path):
     groups = {g.key: g for g in done["groups"]}
     naive = "metaplastic_vit.strategies.base.Naive"
     ewc = "metaplastic_vit.strategies.ewc.EWC"
-    assert set(groups) == {("0", naive), ("1.35", naive), ("0", ewc)}  # naive and EWC never merge
+    assert set(groups) == {("0", naive), ("1", naive), ("1.35", naive), ("0", ewc)}  # naive and EWC never merge
     assert len(groups[("0", naive)].runs) == 2 and groups[("0", naive)].seeds == [0, 1]  # counted once
     assert len(groups[("0", ewc)].runs) == 1
     runs = [json.loads((sweep / f"meta=0,seed={s}" / "results.json").read_text()) for s in (0, 1)]
@@ -46,16 +47,41 @@ def test_groups_differ_in_every_scientific_key_but_the_seed(sweep, tmp_path):
     skipped = {p.parent.name: why for p, why in done["skipped"]}
     assert skipped == {"unfinished": "running", "malformed": "unreadable: not a JSON object but list"}
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| meta | strategy | runs | seeds | ACC | ACC task-aware |" in md
-    assert "| 0 | EWC | 1 | 1 |" in md and "| 0 | Naive | 2 | 2 |" in md
-    assert "meta 1.35 had no measurable effect on this budget" in md and "no hidden weight reached f < 0.5" in md
+    assert "| meta | strategy | tested | runs | seeds | ACC | ACC task-aware |" in md
+    assert "| 0 | EWC | no task id | 1 | 1 |" in md and "| 0 | Naive | no task id | 2 | 2 |" in md
+    # every meta that consolidated nothing is named, in one note
+    assert ("No measurable effect on this budget: meta 1 (strategy Naive) and meta 1.35 (strategy Naive) "
+            "consolidated under 0.5%") in md
+    assert "consolidated at task ends | parameters | binary weights | metaplastic weights | fan-in |" in md
     assert "Groups with fewer than 3 seeds" in md and "without the task id (domain scenario)" in md
     for name in ("acc_vs_meta.png", "task1_accuracy.png", "acc_matrices.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page  # readable offline
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert len(summary) == 3 and {"mean", "ci95"} == set(summary[0]["avg_acc"])
+    assert len(summary) == 4 and {"mean", "ci95"} == set(summary[0]["avg_acc"])
+    record = json.loads((sweep / "meta=0,seed=0" / "results.json").read_text())
+    assert summary[0]["binary_weights"] == record["binary_weights"] == sum(
+        p for name, p in _binary_numel(record).items())
+
+
+def _binary_numel(record):
+    """Hidden weights per binary layer of the tiny bvit: (fan-out x fan-in) from the record's fan-in."""
+    d, hidden = 16, 64  # arch.embed_dim=16, mlp_ratio 4
+    out = {"blocks.0.mlp.fc1": hidden, "blocks.0.mlp.fc2": d, "head": 10}
+    assert set(record["fan_in"]) == set(out)
+    return {name: out[name] * record["fan_in"][name] for name in out}
+
+
+def test_transductive_batchnorm_is_labelled_as_a_use_of_the_task_identity(tmp_path):
+    for transductive in ("false", "true"):
+        run(tmp_path / transductive, *tiny("net=bnn", "net.hidden=[16]", f"net.transductive_bn={transductive}"))
+    done = build_report([tmp_path], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    tested = {g.key[0]: g.runs[0].record.tested for g in done["groups"]}
+    assert tested == {"False": "no task id", "True": "task id via transductive BN"}
+    assert "normalise each test batch, which holds a single task, with its own statistics" in md
+    assert "with the task identity through task-pure test batches (transductive BatchNorm, domain scenario)" in md
 
 
 def test_runs_with_different_task_counts_are_separate_groups(sweep, tmp_path):
@@ -74,7 +100,7 @@ def test_report_command_line(sweep, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metaplastic_vit.report", str(sweep), "--out", str(tmp_path / "r")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "| 1.35 | Naive | 2 | 2 |" in proc.stdout and (tmp_path / "r" / "report.html").exists()
+    assert "| 1.35 | Naive | no task id | 2 | 2 |" in proc.stdout and (tmp_path / "r" / "report.html").exists()
 
 
 def test_no_results_is_a_clear_error(tmp_path, capsys):

@@ -138,7 +138,8 @@ def test_timed_out_job_is_requeued_and_completes(tmp_path):
 
 def test_a_search_runs_its_trials_as_slurm_jobs(tmp_path):
     proc = run_cli(["-m", "+search=meta", "hydra/launcher=slurm", "hydra.sweeper.n_trials=3",
-                    "hydra.sweeper.n_jobs=2", *RUN, "epochs_per_task=1"], tmp_path, env=SLURM_ENV, check=True)
+                    "hydra.sweeper.seeds=[100]", "hydra.sweeper.n_jobs=2", *RUN, "epochs_per_task=1"], tmp_path,
+                   env=SLURM_ENV, check=True)
     (trials_file,) = tmp_path.glob("search/search_meta/*/trials.json")
     trials = json.loads(trials_file.read_text())
     assert [t["state"] for t in trials] == ["COMPLETE"] * 3, proc.stderr

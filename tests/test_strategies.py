@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaplastic_vit.data import Batch, build_tasks, parse_task_sequence
+from metaplastic_vit.data import Batch, Scenario, build_tasks, parse_task_sequence
 from metaplastic_vit.data.loader import batch_bounds
 from metaplastic_vit.errors import UserError
 from metaplastic_vit.models import create_model
-from metaplastic_vit.strategies.base import TaskContext, shared_parameters
+from metaplastic_vit.strategies.base import TaskContext, protected_parameters
 from metaplastic_vit.strategies.ewc import EWC, FisherLabels, fisher_diagonal
 from metaplastic_vit.strategies.joint import Joint
 from metaplastic_vit.strategies.lwf import LwF
@@ -67,7 +67,7 @@ def _independent_fisher(model, params, batch, labels):
 @pytest.mark.parametrize("labels", [FisherLabels.empirical, FisherLabels.exact])
 def test_fisher_equals_an_independent_per_sample_computation(name, kw, labels):
     model, data = _trained(name, **kw)
-    params = shared_parameters(model)
+    params = protected_parameters(model, Scenario.task)
     batch = data.tasks[0].batch_at("train", torch.arange(12))
     ours = fisher_diagonal(model, params, [batch], _forward, torch.ones(1, 10, dtype=torch.bool), labels)
     reference = _independent_fisher(model, params, batch, labels)
@@ -80,18 +80,29 @@ def test_fisher_equals_an_independent_per_sample_computation(name, kw, labels):
     assert weak < 0.5 * ours[0].sum()
 
 
-def test_ewc_penalises_neither_per_task_nor_frozen_parameters():
+@pytest.mark.parametrize("scenario", list(Scenario))
+def test_ewc_and_si_protect_what_every_task_is_tested_with(scenario):
+    """Per-task modules are left out only in the task scenario (each task gets its own copy back); in domain and
+    class their live parameters serve every task. Frozen parameters are never protected."""
+    if scenario == Scenario.auto:
+        return
+    data = _data(scenario=scenario)
     model = create_model("bnn", **MLP)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in shared_parameters(model)) == ["fc1.bias", "fc1.weight", "fc2.bias",
-                                                                       "fc2.weight", "fc3.bias", "fc3.weight"]
-    vit = create_model("bvit_full_ln", **VIT)
-    assert not any("norm" in n for n, p in vit.named_parameters() if any(p is q for q in shared_parameters(vit)))
+    weights = ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+    norms = [f"bn{i}.{k}" for i in (1, 2, 3) for k in ("bias", "weight")]
+    expected = sorted(weights if scenario == Scenario.task else weights + norms)
+    for strategy in (EWC(model, data), SI(model, data)):
+        assert sorted(names[id(p)] for p in strategy.params) == expected
+    vit = create_model("bvit_full_ln", **VIT, frozen=["pos_embed"])
+    protected = {id(p) for p in protected_parameters(vit, scenario)}
+    assert id(vit.pos_embed) not in protected
+    assert any(id(p) in protected for n, p in vit.named_parameters() if "norm" in n) == (scenario != Scenario.task)
 
 
 def _ewc_after_two_tasks(mode):
     model, data = _trained("bnn", **MLP)
-    ewc = EWC(model, strength=4.0, mode=mode, decay=0.5, fisher="empirical", fisher_samples=32)
+    ewc = EWC(model, data, strength=4.0, mode=mode, fisher_decay=0.5, fisher="empirical", fisher_samples=32)
     ctx = _ctx(model, data)
     assert ewc.loss(ctx, None, None) is None  # nothing to protect before the first task ends
     ewc.after_task(ctx)
@@ -127,45 +138,83 @@ def test_online_ewc_keeps_one_decayed_fisher_and_the_latest_anchor():
     assert torch.all(ewc.fishers[0][0] >= 0.5 * first_fisher[0] - 1e-9)
 
 
-def test_si_importance_accumulates_only_along_the_path_travelled():
+def _si_tasks():
+    """Two tasks of a small classification problem, each a list of batches (x, y)."""
+    g = torch.Generator().manual_seed(3)
+    tasks = []
+    for shift in (0.0, 2.0):
+        x = torch.randn(96, 6, generator=g) + shift
+        y = (x[:, 0] - x[:, 1] + 0.3 * torch.randn(96, generator=g) > shift).long() + (x[:, 2] > shift).long()
+        x[:, 5] = 0.0  # an input that never carries signal: its weights get no gradient
+        tasks.append([(x[i:i + 16], y[i:i + 16]) for i in range(0, 96, 16)] * 3)
+    return tasks
+
+
+def _net():
     torch.manual_seed(0)
-    model = torch.nn.Linear(3, 2)
-    si = SI(model, strength=1.0, damping=0.5)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def test_si_importance_over_two_tasks_equals_an_independent_computation():
+    """Zenke et al.'s SI, written out by hand as the reference code computes it: omega from the task loss's
+    gradient alone (taken apart from the penalty's), Omega <- relu(Omega + omega / (Delta^2 + xi)) at each
+    task's end, and SGD stepping on the task loss plus c * sum Omega (theta - theta*)^2."""
+    strength, damping, lr = 20.0, 0.1, 0.2  # a strong pull: the penalty drives some paths negative
+    tasks = _si_tasks()
+    # the plugin, driven as the trainer drives it
+    model = _net()
+    si = SI(model, _data(), strength=strength, damping=damping)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     ctx = _ctx(model, None)
-    si.before_task(ctx)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    frozen_col = model.weight[:, 2].detach().clone()
-    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
-    x[:, 2] = 0.0  # the third input never carries signal: its weights get no gradient, never move
-    start = [p.detach().clone() for p in model.parameters()]
-    expected = [torch.zeros_like(p) for p in model.parameters()]
-    for _ in range(5):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        before = [p.detach().clone() for p in model.parameters()]
-        si.before_step(ctx)
-        opt.step()
-        si.after_step(ctx, None)
-        for e, g, b, p in zip(expected, grads, before, model.parameters(), strict=True):
-            e -= g * (p.detach() - b)
-    for got, e in zip(si.path, expected, strict=True):
-        torch.testing.assert_close(got, e)
-    si.after_task(ctx)
-    assert torch.equal(model.weight[:, 2].detach(), frozen_col)
-    assert torch.all(si.importance[0][:, 2] == 0)  # no path, no importance
-    assert torch.all(si.importance[0][:, :2] > 0)
-    delta = [(p.detach() - s) ** 2 + 0.5 for p, s in zip(model.parameters(), start, strict=True)]
-    torch.testing.assert_close(si.importance[0], (expected[0] / delta[0]).clamp_min(0))
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    assert si.loss(ctx, None, None).item() == pytest.approx((si.importance[0] * 1.0).sum().item(), rel=1e-5)
+    for batches in tasks:
+        si.before_task(ctx)
+        for x, y in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            si.before_step(ctx)
+            opt.step()
+            si.after_step(ctx, None)
+        si.after_task(ctx)
+    # the independent computation
+    ref = _net()
+    params = list(ref.parameters())
+    importance = [torch.zeros_like(p) for p in params]
+    anchor = None
+    clipped = False
+    for batches in tasks:
+        start = [p.detach().clone() for p in params]
+        omega = [torch.zeros_like(p) for p in params]
+        for x, y in batches:
+            task_grads = torch.autograd.grad(F.cross_entropy(ref(x), y), params)
+            if anchor is None:
+                penalty_grads = [torch.zeros_like(p) for p in params]
+            else:
+                penalty = strength * sum((o * (p - a) ** 2).sum() for o, p, a in zip(importance, params, anchor,
+                                                                                      strict=True))
+                penalty_grads = torch.autograd.grad(penalty, params)
+            with torch.no_grad():
+                for p, g, h, w in zip(params, task_grads, penalty_grads, omega, strict=True):
+                    before = p.clone()
+                    p -= lr * (g + h)
+                    w -= g * (p - before)
+        with torch.no_grad():
+            for k, (p, s0, w) in enumerate(zip(params, start, omega, strict=True)):
+                term = w / ((p - s0) ** 2 + damping)
+                clipped |= bool(((term < 0) & (importance[k] + term < 0) & (importance[k] > 0)).any())
+                importance[k] = (importance[k] + term).clamp_min(0)
+        anchor = [p.detach().clone() for p in params]
+    assert clipped  # the second task's path integral lowers some importances to the clip: the rule is exercised
+    for ours, expected in zip(si.importance, importance, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+    for ours, expected in zip(model.parameters(), params, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+    assert torch.all(si.importance[0][:, 5] == 0)  # no gradient, no path, no importance
 
 
 def test_replay_fills_a_reservoir_and_replays_it_into_every_batch():
     data = _data()
     model = create_model("bnn", **MLP)
-    replay = Replay(model, buffer_size=50, replay_batch_size=20)
+    replay = Replay(model, data, buffer_size=50, replay_batch_size=20)
     ctx = _ctx(model, data, index=0)
     stream = data.tasks[0].batches("train", 30, torch.Generator().manual_seed(0))
     sizes = []
@@ -184,7 +233,7 @@ def test_replay_fills_a_reservoir_and_replays_it_into_every_batch():
     expected = data.tasks[0].batch_at("train", replayed.index[slot:slot + 1])
     assert torch.equal(replayed.x[slot], expected.x[0]) and replayed.y[slot] == expected.y[0]
     state = replay.state_dict()
-    again = Replay(model, buffer_size=50, replay_batch_size=20)
+    again = Replay(model, data, buffer_size=50, replay_batch_size=20)
     again.load_state_dict(state)
     assert (again.tasks, again.positions, again.seen) == (replay.tasks, replay.positions, replay.seen)
     with pytest.raises(UserError, match="buffer_size must be >= 1"):
@@ -196,7 +245,7 @@ def test_replay_fills_a_reservoir_and_replays_it_into_every_batch():
 def test_lwf_distils_the_previous_model_on_the_earlier_tasks_outputs():
     data = _data(("digits-5",), scenario="class")
     model, _ = _trained("dnn", **MLP)
-    lwf = LwF(model, strength=2.0, temperature=2.0)
+    lwf = LwF(model, data, strength=2.0, temperature=2.0)
     ctx = _ctx(model, data, index=2)
     lwf.before_task(ctx)
     assert lwf.units.tolist() == [0, 1, 2, 3]
@@ -213,7 +262,7 @@ def test_lwf_distils_the_previous_model_on_the_earlier_tasks_outputs():
 
 def test_joint_batches_mix_every_task():
     data = _data(("pdigits", "pdigits", "pdigits"))
-    batches = list(Joint(None).train_batches(_ctx(None, data), iter(())))
+    batches = list(Joint(None, data).train_batches(_ctx(None, data), iter(())))
     assert len(batches) == min(len(batch_bounds(len(t.splits["train"]), 21)) for t in data.tasks)
     assert torch.bincount(batches[0].task).tolist() == [21, 21, 21]
 

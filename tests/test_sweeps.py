@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from conftest import ROOT, read_results, tiny
 
 from metaplastic_vit.report import build_report
@@ -59,6 +61,7 @@ def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
     its second pair trains, then run again with the same command."""
     out = tmp_path / "out"
     args = ["-m", "+search=meta_front", "hydra/launcher=local", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.seeds=[100]",
             "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=15")]
     proc = _cli(args, out)
     deadline = time.monotonic() + 240
@@ -92,7 +95,7 @@ def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
     assert again.returncode == 0, log
     trials = _trials(search_dir)
     assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)  # the budget, not 6
-    assert {t["run_dir"] for t in trials[2:]} == {str(j) for j in interrupted}  # run again where they stopped
+    assert {d for t in trials[2:] for d in t["run_dirs"]} == {str(j) for j in interrupted}  # where they stopped
     assert all(read_results(j)["resumes"] for j in interrupted)  # from their checkpoints
     report = build_report([search_dir], tmp_path / "report")
     (search,) = report["searches"]
@@ -131,7 +134,7 @@ def test_the_pareto_front_keeps_the_trials_nothing_beats():
     def trial(n, old, new):
         return {"number": n, "params": {"meta": n}, "values": {"val_old_acc": old, "val_new_acc": new}}
 
-    search = Search(Path("s"), ["val_old_acc", "val_new_acc"], ["maximize", "maximize"],
+    search = Search(Path("s"), ["val_old_acc", "val_new_acc"], ["maximize", "maximize"], [None],
                     [trial(0, 10, 90), trial(1, 50, 50), trial(2, 40, 40), trial(3, 80, 20), trial(4, 50, 50)])
     assert [t["number"] for t in search.front()] == [3, 1, 4, 0]  # 2 is beaten by 1; ties both stay
 
@@ -156,3 +159,51 @@ def test_quasi_random_trials_cover_a_log_range_evenly(tmp_path):
         decades.add(math.floor((math.log10(trial_values(trial)["strategy.strength"]) + 2) / 1.5))
         study.tell(trial, 0.0)
     assert decades == {0, 1, 2, 3}  # one trial in each quarter of the six decades
+
+
+SEARCH = ["-m", "+search=meta", "net=bnn", "net.hidden=[16]", *tiny("epochs_per_task=1", "task_sequence=[pdigits]")]
+
+
+def _search(cli, *args):
+    proc = cli(*SEARCH, *args)
+    assert proc.returncode == 0, proc.stderr
+    (trials,) = cli.out.glob("search/search_meta/*/trials.json") if "hydra.sweep.dir" not in str(args) else [
+        next(a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")) + "/trials.json"]
+    return json.loads(Path(trials).read_text())
+
+
+def test_a_continued_search_draws_what_an_uninterrupted_one_would_have(cli):
+    """3 trials, then the same search continued to 4, give the 4 values of one search of 4: the sampler of each
+    trial is seeded from the trial's number, not restarted with the study."""
+    one = ["hydra.sweeper.seeds=[100]"]
+    _search(cli, *one, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={cli.out}/a")
+    continued = _search(cli, *one, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={cli.out}/a")
+    whole = _search(cli, *one, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={cli.out}/b")
+    values = [t["params"]["meta"] for t in continued]
+    assert values == [t["params"]["meta"] for t in whole] and len(set(values)) == 4
+    assert [t["state"] for t in continued] == ["COMPLETE"] * 4
+
+
+def test_a_trial_runs_every_search_seed_and_a_repeated_draw_is_no_new_trial(cli):
+    """Each trial averages its seeds' validation numbers (standard error kept); a draw repeating an earlier
+    trial's values is neither run nor counted, and a space without new points ends the search early."""
+    trials = _search(cli, "hydra.sweeper.seeds=[100,101]", "meta=choice(0,2)", "hydra.sweeper.n_trials=3")
+    done = [t for t in trials if t["duplicate_of"] is None]
+    assert sorted(t["params"]["meta"] for t in done) == [0, 2] and all(t["state"] == "COMPLETE" for t in done)
+    repeats = [t for t in trials if t["duplicate_of"] is not None]
+    assert repeats and all(t["state"] == "FAIL" and not t["run_dirs"] for t in repeats)
+    for t in done:
+        per_seed = [v["val_avg_acc"] for v in t["per_seed"].values()]
+        assert sorted(t["per_seed"]) == ["100", "101"] and len(t["run_dirs"]) == 2
+        assert t["values"]["val_avg_acc"] == pytest.approx(sum(per_seed) / 2)
+        assert t["stderr"]["val_avg_acc"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
+        assert sorted(read_results(d)["seed"] for d in t["run_dirs"]) == [100, 101]
+    assert len(list(cli.out.glob("search/search_meta/*/*/results.json"))) == 4  # 2 points x 2 seeds, no more
+
+
+def test_a_search_refuses_a_test_set_objective(cli):
+    proc = cli(*SEARCH, "hydra.sweeper.objectives=[avg_acc]")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "'avg_acc' is measured on the test set" in line and "allow_test_objective=true" in line
+    assert not list(cli.out.rglob("results.json"))

@@ -95,7 +95,7 @@ def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), **setti
         p.model = model
     template = RunRecord(status="running", config={"epochs_per_task": epochs}, tasks=[], scenario="domain",
                          net="vit", meta=0.0, seed=0, strategy="test")
-    make = lambda m: metaplastic_adam(m, lr=0.01, weight_decay=0.0, meta=0.0)  # noqa: E731
+    make = lambda m, task: metaplastic_adam(m, task, lr=0.01, weight_decay=0.0, meta=0.0)  # noqa: E731
     return ContinualTrainer(model, data, make, plugins, TrainSettings(epochs, batch_size=200, **settings),
                             tmp_path, "fp", template)
 

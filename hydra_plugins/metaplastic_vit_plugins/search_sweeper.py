@@ -1,10 +1,18 @@
 """`hydra/sweeper=optuna`: a search over any config keys with Optuna's ask-and-tell API, on validation metrics.
 
-Each trial is one job (through whatever launcher is configured); its objectives are read from the job's
-results.json (`val_avg_acc`, `val_old_acc`, `val_new_acc`, ...: validation numbers, never test ones).
+Each trial runs one job per seed of `seeds` (through whatever launcher is configured; null: the config's own
+seed, one job), and its objectives are the means over those jobs of validation numbers read from their
+results (`val_avg_acc`, `val_old_acc`, `val_new_acc`); a test-set objective is refused unless
+`allow_test_objective` is set. Search on seeds that are not the evaluation seeds (the named searches use
+100-102), so the values chosen were never measured on the runs that are reported. trials.json keeps every
+seed's values and the standard error of each objective's mean.
+
 The study lives in the sweep directory as an Optuna journal file (`study.journal`), so the same search
 command again continues it up to `n_trials` finished trials: trials an interrupted search left running are
-run again with the same values, in the same job directories, where they resume from their checkpoints.
+run again with the same values, in the same job directories, where they resume from their checkpoints. Each
+trial is drawn by a sampler seeded from (`seed`, the trial's number), so a continued search draws what an
+uninterrupted one would have drawn; a draw equal to an earlier trial's values is not run again and does not
+count as a trial (a small choice space may run out of new points: the search then stops early).
 
 Search spaces use Hydra's override grammar: `choice(a, b)`, `range(1, 8)`, `interval(0.1, 10)`,
 `tag(log, interval(1, 300))` for a log scale, and the extra tag `zero` for a separate arm at 0, e.g.
@@ -14,13 +22,17 @@ log-uniformly between 1 and 300.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
+import statistics
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
@@ -29,12 +41,22 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from metaplastic_vit.errors import UserError
+from metaplastic_vit.record import (
+    RESULTS,
+    SEARCH,
+    TRIALS,
+    VALIDATION_METRICS,
+    MalformedRecordError,
+    RunRecord,
+    read_record,
+)
+
 log = logging.getLogger(__name__)
 
 JOURNAL = "study.journal"
-SEARCH = "search.json"  # objectives, directions, budget and space
-TRIALS = "trials.json"  # every trial: values, state, objectives and job directory (what reports read)
 ZERO_ARM = "zero"
+DUPLICATE = "duplicate_of"  # user attribute of a draw that repeated an earlier trial's values
 
 
 def parse_space(params: dict[str, Any], arguments: Sequence[str]) -> tuple[dict[str, Override], list[str]]:
@@ -76,19 +98,25 @@ def trial_values(trial: Any) -> dict[str, Any]:
     return values
 
 
-def objectives_of(result: JobReturn, objectives: Sequence[str]) -> list[float] | None:
-    """The objective values a finished job recorded, or None when it failed or recorded none."""
-    if result.status != JobStatus.COMPLETED:
-        return None
-    path = Path(result.hydra_cfg.hydra.runtime.output_dir) / "results.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    values = [record.get(k) for k in objectives]
-    if record.get("status") != "completed" or any(not isinstance(v, int | float) for v in values):
-        return None
-    return [float(v) for v in values]
+def check_objectives(objectives: Sequence[str], allow_test: bool) -> None:
+    """Objectives must be validation metrics of the record: a UserError for anything else, and for a test-set
+    metric unless `allow_test` (tuning on the test set makes the reported test numbers optimistic)."""
+    fields = {f.name for f in dataclasses.fields(RunRecord)}
+    for name in objectives:
+        if name in VALIDATION_METRICS:
+            continue
+        if name in fields and allow_test:
+            log.warning("search: objective %s is not a validation metric; its results are tuned on it", name)
+            continue
+        what = "is measured on the test set" if name in fields else "is not a metric of results.json"
+        raise UserError(f"search objective {name!r} {what}; choose among {', '.join(VALIDATION_METRICS)}"
+                        + ("" if name not in fields else
+                           " (hydra.sweeper.allow_test_objective=true forces a test-set objective)"))
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial `number`: a continued study draws what an uninterrupted one would have."""
+    return int(np.random.SeedSequence(entropy=seed, spawn_key=(number,)).generate_state(1)[0])
 
 
 def _quiet(sampler: Any, **kwargs: Any) -> Any:
@@ -100,21 +128,41 @@ def _quiet(sampler: Any, **kwargs: Any) -> Any:
         return sampler(**kwargs)
 
 
+SAMPLERS = ("tpe", "random", "qmc", "nsgaii")
+
+
+def make_sampler(name: str, seed: int, startup_trials: int) -> Any:
+    """An Optuna sampler by name (one of SAMPLERS), seeded."""
+    import optuna
+
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup_trials),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "qmc": lambda: _quiet(optuna.samplers.QMCSampler, seed=seed, scramble=True),
+            "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[name]()
+
+
 class OptunaSearchSweeper(Sweeper):
-    """A resumable Optuna search over config keys; objectives are validation metrics from results.json."""
+    """A resumable Optuna search over config keys; objectives are validation metrics averaged over seeds."""
 
     def __init__(self, objectives: Sequence[str] = ("val_avg_acc",), directions: Sequence[str] | None = None,
                  n_trials: int = 20, n_jobs: int = 1, sampler: str = "tpe", seed: int = 0, startup_trials: int = 4,
+                 seeds: Sequence[int] | None = None, allow_test_objective: bool = False,
                  study_name: str | None = None, params: dict[str, Any] | None = None) -> None:
         self.objectives = list(objectives)
         self.directions = list(directions or ["maximize"] * len(self.objectives))
         if len(self.directions) != len(self.objectives):
-            raise ValueError(f"{len(self.objectives)} objectives but {len(self.directions)} directions")
+            raise UserError(f"{len(self.objectives)} objectives but {len(self.directions)} directions")
+        check_objectives(self.objectives, allow_test_objective)
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         self.n_trials = n_trials
         self.n_jobs = max(1, n_jobs)
         self.sampler = sampler
         self.seed = seed
         self.startup_trials = startup_trials
+        self.seeds = list(seeds) if seeds else [None]
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"hydra.sweeper.seeds lists a seed twice: {list(seeds or [])}")
         self.study_name = study_name
         self.params = dict(params or {})
         self.config: DictConfig | None = None
@@ -127,22 +175,19 @@ class OptunaSearchSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
-    def _study(self, sweep_dir: Path) -> Any:
+    def _study(self, sweep_dir: Path, number: int = 0) -> Any:
+        """The study in `sweep_dir` (created on first use) with a sampler seeded for trial `number` (QMC keeps
+        one seed: its points are one scrambled sequence, indexed by the study itself)."""
         import optuna
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=self.seed, multivariate=True,
-                                                              n_startup_trials=self.startup_trials),
-                    "random": lambda: optuna.samplers.RandomSampler(seed=self.seed),
-                    "qmc": lambda: _quiet(optuna.samplers.QMCSampler, seed=self.seed, scramble=True),
-                    "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=self.seed)}
-        if self.sampler not in samplers:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(samplers)}")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        seed = self.seed if self.sampler == "qmc" else trial_seed(self.seed, number)
         storage = JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
         return optuna.create_study(study_name=self.study_name or sweep_dir.name, storage=storage,
-                                   sampler=samplers[self.sampler](), directions=self.directions, load_if_exists=True)
+                                   sampler=make_sampler(self.sampler, seed, self.startup_trials),
+                                   directions=self.directions, load_if_exists=True)
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
         """Run trials in batches of n_jobs until n_trials have finished (counting earlier runs of the search)."""
@@ -153,67 +198,135 @@ class OptunaSearchSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         space, fixed = parse_space(self.params, arguments)
+        if self.seeds != [None] and any(f.split("=", 1)[0].lstrip("+~") == "seed" for f in fixed):
+            raise UserError("seed is set by hydra.sweeper.seeds in a search (each trial runs every one of them); "
+                            "set hydra.sweeper.seeds=[...] instead of seed=...")
         study = self._study(sweep_dir)
         (sweep_dir / SEARCH).write_text(json.dumps({
             "objectives": self.objectives, "directions": self.directions, "n_trials": self.n_trials,
-            "space": {k: v.input_line for k, v in space.items()}, "fixed": fixed}, indent=2))
+            "seeds": self.seeds, "space": {k: v.input_line for k, v in space.items()}, "fixed": fixed}, indent=2))
         stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
         if stale:
             log.info("search: %d trials of an earlier, interrupted run are run again (they resume)", len(stale))
         returns: list[list[JobReturn]] = []
         run_dirs = self._run_dirs(sweep_dir)
-        while True:
-            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-            room = self.n_trials - finished
-            if room <= 0:
-                break
+        while (room := self.n_trials - len(counted(study.get_trials(deepcopy=False)))) > 0:
             batch = stale[:min(self.n_jobs, room)]
             stale = stale[len(batch):]
             while len(batch) < min(self.n_jobs, room):
-                tried = {a for t in study.get_trials(deepcopy=False) for a in t.user_attrs}
-                trial = study.ask()
-                for name, override in space.items():
-                    suggest(trial, name, override, f"{ZERO_ARM}:{name}" in tried)
+                trial = self._ask(sweep_dir, space, batch)
+                if trial is None:
+                    break
                 batch.append(trial)
-            quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")
-            overrides = [[*fixed, f"hydra.sweep.dir='{quoted}'",  # the jobs' sweep directory, resolved once
-                          *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_values(t).items())]
-                         for t in batch]
-            self.validate_batch_is_legal(overrides)
-            results = self.launcher.launch(overrides, initial_job_idx=min(t.number for t in batch))
-            for trial, result in zip(batch, results, strict=True):
-                values = objectives_of(result, self.objectives)
-                run_dirs[trial.number] = str(result.hydra_cfg.hydra.runtime.output_dir)
-                if values is None:
+            if not batch:
+                log.warning("search: no untried point is left in the space; stopping at %d trials",
+                            len(counted(study.get_trials(deepcopy=False))))
+                break
+            results = self._launch(sweep_dir, fixed, batch)
+            for trial in batch:
+                mine = results[trial.number]
+                run_dirs[trial.number] = [str(r.hydra_cfg.hydra.runtime.output_dir) for r in mine]
+                values = [recorded_objectives(Path(d), self.objectives) if r.status == JobStatus.COMPLETED else None
+                          for r, d in zip(mine, run_dirs[trial.number], strict=True)]
+                if any(v is None for v in values):
                     study.tell(trial.number, state=TrialState.FAIL)
-                    log.warning("search: trial %d failed (see %s)", trial.number,
-                                result.hydra_cfg.hydra.runtime.output_dir)
+                    log.warning("search: trial %d failed (see %s)", trial.number, ", ".join(run_dirs[trial.number]))
                 else:
-                    study.tell(trial.number, values)
-            returns.append(list(results))
+                    study.tell(trial.number, [statistics.fmean(col) for col in zip(*(v for _, v in values),
+                                                                                      strict=True)])
+            returns.append([r for trial in batch for r in results[trial.number]])
             self._write_trials(sweep_dir, study, run_dirs)
         self._write_trials(sweep_dir, study, run_dirs)
         self._summarize(study)
         return returns
 
+    def _ask(self, sweep_dir: Path, space: dict[str, Override], batch: list[Any], tries: int = 20) -> Any | None:
+        """A new trial whose values no earlier trial (nor one of this batch) has; None when `tries` draws in a
+        row repeat earlier ones. Repeats are kept in the study as failed trials marked `duplicate_of`."""
+        from optuna.trial import TrialState
+
+        count = len(self._study(sweep_dir).get_trials(deepcopy=False))
+        for number in range(count, count + tries):
+            study = self._study(sweep_dir, number)
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL] + batch
+            tried = {a for t in study.get_trials(deepcopy=False) for a in t.user_attrs}
+            trial = study.ask()
+            for name, override in space.items():
+                suggest(trial, name, override, f"{ZERO_ARM}:{name}" in tried)
+            twin = next((t for t in earlier if trial_values(t) == trial_values(trial)), None)
+            if twin is None:
+                return trial
+            trial.set_user_attr(DUPLICATE, twin.number)
+            study.tell(trial, state=TrialState.FAIL)
+            log.info("search: trial %d repeats trial %d's values; drawing again", trial.number, twin.number)
+        return None
+
+    def _launch(self, sweep_dir: Path, fixed: list[str], batch: list[Any]) -> dict[int, list[JobReturn]]:
+        """Every job of the batch (one per trial and seed) in one launch; each trial's results in seed order."""
+        quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")
+        jobs = [(t.number, [*fixed, f"hydra.sweep.dir='{quoted}'",  # the jobs' sweep directory, resolved once
+                            *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_values(t).items()),
+                            *([] if seed is None else [f"seed={seed}"])])
+                for t in batch for seed in self.seeds]
+        overrides = [o for _, o in jobs]
+        self.validate_batch_is_legal(overrides)
+        results = self.launcher.launch(overrides, initial_job_idx=min(t.number for t in batch) * len(self.seeds))
+        by_trial: dict[int, list[JobReturn]] = {}
+        for (number, _), result in zip(jobs, results, strict=True):
+            by_trial.setdefault(number, []).append(result)
+        return by_trial
+
     @staticmethod
-    def _run_dirs(sweep_dir: Path) -> dict[int, str]:
+    def _run_dirs(sweep_dir: Path) -> dict[int, list[str]]:
         try:
-            return {t["number"]: t["run_dir"] for t in json.loads((sweep_dir / TRIALS).read_text()) if t["run_dir"]}
+            return {t["number"]: t["run_dirs"] for t in json.loads((sweep_dir / TRIALS).read_text()) if t["run_dirs"]}
         except (OSError, json.JSONDecodeError, KeyError, TypeError):
             return {}
 
-    def _write_trials(self, sweep_dir: Path, study: Any, run_dirs: dict[int, str]) -> None:
-        """trials.json: what a report needs, without reading the study."""
-        rows = [{"number": t.number, "state": t.state.name, "params": trial_values(t),
-                 "values": dict(zip(self.objectives, t.values, strict=True)) if t.values else None,
-                 "run_dir": run_dirs.get(t.number)} for t in study.get_trials(deepcopy=False)]
+    def _write_trials(self, sweep_dir: Path, study: Any, run_dirs: dict[int, list[str]]) -> None:
+        """trials.json: what a report needs, without reading the study: each trial's values, its objectives'
+        means over its seeds with their standard errors, and every seed's own values."""
+        rows = []
+        for t in study.get_trials(deepcopy=False):
+            dirs = run_dirs.get(t.number, [])
+            found = [r for d in dirs if (r := recorded_objectives(Path(d), self.objectives)) is not None]
+            per_seed = {str(seed): dict(zip(self.objectives, values, strict=True)) for seed, values in found}
+            rows.append({"number": t.number, "state": t.state.name, "params": trial_values(t),
+                         "values": dict(zip(self.objectives, t.values, strict=True)) if t.values else None,
+                         "stderr": {o: standard_error([v[o] for v in per_seed.values()]) for o in self.objectives}
+                         if t.values else None,
+                         "per_seed": per_seed, "run_dirs": dirs, "duplicate_of": t.user_attrs.get(DUPLICATE)})
         tmp = sweep_dir / f".{TRIALS}.tmp"
         tmp.write_text(json.dumps(rows, indent=2))
         tmp.replace(sweep_dir / TRIALS)
 
     def _summarize(self, study: Any) -> None:
+        if not any(t.values for t in study.get_trials(deepcopy=False)):
+            log.warning("search: no trial completed")
+            return
         best = study.best_trials if len(self.objectives) > 1 else [study.best_trial]
         for trial in best:
             log.info("search: best trial %d: %s -> %s", trial.number, trial_values(trial),
                      dict(zip(self.objectives, trial.values, strict=True)))
+
+
+def counted(trials: Sequence[Any]) -> list[Any]:
+    """The finished trials that count toward the budget: every finished one but repeats of earlier values."""
+    return [t for t in trials if t.state.is_finished() and DUPLICATE not in t.user_attrs]
+
+
+def standard_error(values: Sequence[float]) -> float | None:
+    """The standard error of the mean of `values` (None for fewer than two)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def recorded_objectives(run_dir: Path, objectives: Sequence[str]) -> tuple[int, list[float]] | None:
+    """The seed of a completed run and the objective values it recorded, or None (failed, unreadable, missing)."""
+    try:
+        record = read_record(run_dir / RESULTS)
+    except (OSError, MalformedRecordError):
+        return None
+    values = [getattr(record, k, None) for k in objectives]
+    if record.status != "completed" or any(not isinstance(v, int | float) for v in values):
+        return None
+    return record.seed, [float(v) for v in values]

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import seeds
 from ..errors import DataError, UserError
 from .sources import DATASETS, ImageData, load_dataset
+from .splits import stratified_holdout
 from .tasks import Scenario, Task, resolve_scenario, task_outputs
 
 SPLITS = ("train", "val", "test")
@@ -198,17 +200,6 @@ def _select(labels: torch.Tensor, classes: Sequence[int], outputs: Sequence[int]
     return idx, mapped[idx]
 
 
-def stratified_holdout(targets: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """A boolean mask over `targets` marking round(fraction * n_c) randomly chosen samples of each class c."""
-    held = torch.zeros(len(targets), dtype=torch.bool)
-    cpu = targets.cpu()
-    for c in cpu.unique().tolist():
-        members = torch.nonzero(cpu == c).squeeze(1)
-        k = round(fraction * len(members))
-        held[members[torch.randperm(len(members), generator=generator)[:k]]] = True
-    return held.to(targets.device)
-
-
 @dataclass
 class TaskSet:
     """Everything the trainer needs about the data: tasks, the scenario, the head and the model's input."""
@@ -263,7 +254,7 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
             if len(idx) == 0:
                 raise DataError(f"task {task.name}: {where} has no {split} samples of its classes "
                                 f"{list(task.classes)}; the dataset is incomplete: place the official files there")
-        held = stratified_holdout(train_t, val_fraction, torch.Generator().manual_seed(seed * 1_000_003 + i))
+        held = stratified_holdout(train_t, val_fraction, seeds.generator(seed, seeds.Stream.validation, i))
         splits = {"train": Split(im.train_x, train_idx[~held], train_t[~held]),
                   "val": Split(im.train_x, train_idx[held], train_t[held]),
                   "test": Split(im.test_x, test_idx, test_t)}

@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..atomic import save_torch
 from ..errors import DataError
+from .splits import stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ def _load_digits() -> ImageData:
     """scikit-learn's 8x8 digits, read from the CSV file scikit-learn ships (importing scikit-learn itself takes
     seconds); 20% of each class, chosen with a fixed seed, is the test split."""
     from importlib.util import find_spec
-
-    from .loader import stratified_holdout
 
     spec = find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:

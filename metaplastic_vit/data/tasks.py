@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ..errors import UserError
+from ..seeds import Stream, derive
 from .sources import DATASETS, DatasetInfo
 
 BY_TOKEN: dict[str, DatasetInfo] = {d.token: d for d in DATASETS.values()}
@@ -70,7 +71,7 @@ def parse_task_sequence(tokens: Sequence[str], seed: int = 0, class_order_seed: 
             info = BY_TOKEN[token[1:]]
             # each occurrence gets its own permutation, derived from the run's seed
             tasks.append(Task(f"{token}{permuted_count}", info.name, "permuted", tuple(range(info.num_classes)),
-                              permutation_seed=seed * 1_000_003 + permuted_count))
+                              permutation_seed=derive(seed, Stream.permutation, permuted_count)))
             permuted_count += 1
             continue
         match = re.fullmatch(r"(\w+)-(-?\d+)", token)

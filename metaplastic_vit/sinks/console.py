@@ -10,7 +10,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..plots import protocol
 from ..record import EpochRecord, RunRecord
 from ..strategies.base import Plugin
 
@@ -37,7 +36,7 @@ def describe(record: RunRecord, write: Callable[[str], None]) -> None:
     """Write the accuracy matrix and the summary metrics, each labelled with how it was tested."""
     names = record.tasks
     width = max(8, *(len(n) for n in names))
-    write(f"accuracy matrix (%), tested {protocol(record.scenario)}: row = after training task, column = tested task")
+    write(f"accuracy matrix (%), tested {record.protocol}: row = after training task, column = tested task")
     write(" " * width + "".join(f"{n:>{width + 1}}" for n in names))
     for name, row in zip(names, record.acc_matrix, strict=False):
         write(f"{name:<{width}}" + "".join(f"{a:>{width + 1}.1f}" for a in row))

@@ -137,7 +137,8 @@ class WandbSink(Plugin):
         mode = self.resolved_mode()
         config = flat_config(record.config)
         config.update({"net": record.net, "meta": record.meta, "strategy": record.strategy,
-                       "task_sequence": record.config.get("task_sequence")})
+                       "task_sequence": record.config.get("task_sequence"), "protocol": record.protocol,
+                       "uses_task_identity": record.uses_task_identity})
         name = self.run_name or f"{record.net}-meta{record.meta}-s{record.seed}"
         self.run = wandb.init(
             project=self.project, entity=self.entity, group=self.group or record.sweep, tags=list(self.tags),

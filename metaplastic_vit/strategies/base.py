@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..data import Scenario
+
 if TYPE_CHECKING:
     from ..data import Batch, TaskSet
     from ..record import EpochRecord, RunRecord
@@ -102,7 +104,7 @@ class Naive(Plugin):
 
     name = "naive"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, data: TaskSet) -> None:
         pass
 
 
@@ -111,8 +113,13 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Trainable parameters outside the net's per-task modules (those have one copy per task already)."""
-    patterns = getattr(getattr(model, "net_spec", None), "per_task", ())
+def protected_parameters(model: nn.Module, scenario: Scenario) -> list[nn.Parameter]:
+    """The trainable parameters a weight-protection baseline (EWC, SI) guards: every one a task is tested with.
+
+    Per-task modules are left out only in the task scenario, where each task is tested with its own copy put
+    back; in the domain and class scenarios their live parameters serve every task, so they are protected like
+    any other shared parameter.
+    """
+    patterns = getattr(getattr(model, "net_spec", None), "per_task", ()) if scenario == Scenario.task else ()
     per_task = {id(p) for n, m in model.named_modules() if n and matches(n, patterns) for p in m.parameters()}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in per_task]

@@ -2,15 +2,15 @@
 
 - `separate` (Kirkpatrick et al. 2017): one anchor theta*_t and one Fisher F_t per earlier task t; the penalty
   is sum_t lambda/2 * sum F_t (theta - theta*_t)^2.
-- `online` (Schwarz et al. 2018): one running Fisher F* <- decay * F* + F_t and the latest anchor; the penalty
+- `online` (Schwarz et al. 2018): one running Fisher F* <- fisher_decay * F* + F_t and the latest anchor; the penalty
   is lambda/2 * sum F* (theta - theta*)^2.
 
 F_t is the mean over samples of the squared gradient of one sample's log-likelihood (never the square of a
 batch-mean gradient), computed per sample in batches with vmapped backward passes. `fisher` picks the
 labels: `exact` takes the expectation over the model's predictive distribution (every class, weighted by its
-probability), `sampled` draws one label from it, `empirical` uses the true label. Parameters of per-task
-modules are not penalised (each task has its own copy). For binary layers the parameters are the hidden
-weights, and the gradients are those of the straight-through estimator.
+probability), `sampled` draws one label from it, `empirical` uses the true label. Which parameters are
+protected: see `protected_parameters` (per-task modules only in the task scenario). For binary layers the
+parameters are the hidden weights, and the gradients are those of the straight-through estimator.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from ..data import Batch, Scenario
+from .. import seeds
+from ..data import Batch, Scenario, TaskSet
 from ..data.loader import batch_bounds
 from ..errors import UserError
 from ..models import uses_batch_statistics
 from . import register_strategy
-from .base import Plugin, TaskContext, shared_parameters
+from .base import Plugin, TaskContext, protected_parameters
 
 
 class EWCMode(StrEnum):
@@ -58,15 +59,15 @@ class EWCConfig:
     _partial_: bool = True
     strength: float = 100.0  # lambda
     mode: EWCMode = EWCMode.separate
-    decay: float = 1.0  # online EWC's gamma (ignored by separate)
+    fisher_decay: float = 1.0  # online EWC's gamma, the running Fisher's decay (ignored by separate)
     fisher: FisherLabels = FisherLabels.exact
     fisher_samples: int = 512  # training samples of each task used for its Fisher
 
     def __post_init__(self) -> None:
         if not self.strength >= 0:
             raise UserError(f"strategy.strength must be >= 0, got {self.strength}")
-        if not 0 <= self.decay <= 1:
-            raise UserError(f"strategy.decay must lie in [0, 1], got {self.decay}")
+        if not 0 <= self.fisher_decay <= 1:
+            raise UserError(f"strategy.fisher_decay must lie in [0, 1], got {self.fisher_decay}")
         if self.fisher_samples < 1:
             raise UserError(f"strategy.fisher_samples must be >= 1, got {self.fisher_samples}")
 
@@ -174,18 +175,18 @@ def _fisher_in_batch(model: nn.Module, params: Sequence[nn.Parameter], batches: 
 
 
 class EWC(Plugin):
-    """Elastic weight consolidation over the model's shared parameters."""
+    """Elastic weight consolidation over the parameters every task is tested with."""
 
     name = "ewc"
 
-    def __init__(self, model: nn.Module, strength: float = 100.0, mode: EWCMode | str = EWCMode.separate,
-                 decay: float = 1.0, fisher: FisherLabels | str = FisherLabels.exact, fisher_samples: int = 512
-                 ) -> None:
+    def __init__(self, model: nn.Module, data: TaskSet, strength: float = 100.0,
+                 mode: EWCMode | str = EWCMode.separate, fisher_decay: float = 1.0,
+                 fisher: FisherLabels | str = FisherLabels.exact, fisher_samples: int = 512) -> None:
         self.model = model
-        self.params = shared_parameters(model)
+        self.params = protected_parameters(model, data.scenario)
         self.strength = strength
         self.mode = EWCMode(mode)
-        self.decay = decay
+        self.fisher_decay = fisher_decay
         self.labels = FisherLabels(fisher)
         self.fisher_samples = fisher_samples
         self.anchors: list[list[torch.Tensor]] = []  # one per task (separate) or the latest (online)
@@ -206,7 +207,7 @@ class EWC(Plugin):
         task = ctx.data.tasks[ctx.index]
         was_training = self.model.training
         self.model.eval()
-        generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + ctx.index)
+        generator = seeds.generator(ctx.seed, seeds.Stream.fisher, ctx.index)
         chunk = max(1, min(ctx.batch_size, 64))
         positions = torch.randperm(len(task.splits["train"]), generator=generator)[:self.fisher_samples]
         positions = positions.to(task.splits["train"].idx.device)
@@ -221,7 +222,7 @@ class EWC(Plugin):
             self.anchors.append(anchor)
             self.fishers.append(fisher)
         else:
-            torch._foreach_mul_(self.fishers[0], self.decay)
+            torch._foreach_mul_(self.fishers[0], self.fisher_decay)
             torch._foreach_add_(self.fishers[0], fisher)
             self.anchors[0] = anchor
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data import Batch
+from ..data import Batch, TaskSet
 from . import register_strategy
 from .base import Plugin, TaskContext
 
@@ -36,7 +36,7 @@ class Joint(Plugin):
 
     name = "joint"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, data: TaskSet) -> None:
         pass
 
     def train_batches(self, ctx: TaskContext, batches: Iterator[Batch]) -> Iterator[Batch]:  # noqa: D102

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Batch
+from ..data import Batch, TaskSet
 from ..errors import UserError
 from . import register_strategy
 from .base import Plugin, TaskContext
@@ -43,7 +43,7 @@ class LwF(Plugin):
 
     name = "lwf"
 
-    def __init__(self, model: nn.Module, strength: float = 1.0, temperature: float = 2.0) -> None:
+    def __init__(self, model: nn.Module, data: TaskSet, strength: float = 1.0, temperature: float = 2.0) -> None:
         self.model = model
         self.strength = strength
         self.temperature = temperature

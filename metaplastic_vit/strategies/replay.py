@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Batch
+from .. import seeds
+from ..data import Batch, TaskSet
 from ..errors import UserError
 from . import register_strategy
 from .base import Plugin, TaskContext
@@ -44,7 +45,8 @@ class Replay(Plugin):
 
     name = "replay"
 
-    def __init__(self, model: nn.Module, buffer_size: int = 200, replay_batch_size: int | None = None) -> None:
+    def __init__(self, model: nn.Module, data: TaskSet, buffer_size: int = 200,
+                 replay_batch_size: int | None = None) -> None:
         self.capacity = buffer_size
         self.replay_batch_size = replay_batch_size
         self.tasks: list[int] = []
@@ -55,7 +57,7 @@ class Replay(Plugin):
 
     def _rng(self, ctx: TaskContext) -> torch.Generator:
         if self.generator is None:
-            self.generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7)
+            self.generator = seeds.generator(ctx.seed, seeds.Stream.replay)
         return self.generator
 
     def train_batches(self, ctx: TaskContext, batches: Iterator[Batch]) -> Iterator[Batch]:  # noqa: D102

@@ -1,9 +1,13 @@
-"""Synaptic intelligence (Zenke, Poole & Ganguli 2017): importance from the path integral of the gradient.
+"""Synaptic intelligence (Zenke, Poole & Ganguli 2017), as its reference code (ganguli-lab/pathint) computes it.
 
-During a task, omega accumulates -g * delta-theta at every step (the loss decrease each parameter is credited
-with). At the task's end Omega += max(0, omega / (Delta^2 + xi)), with Delta the parameter's change over the
-task (clipped at 0 so that no parameter is pushed away from its anchor), and the anchor moves to the current
-parameters. The penalty is c * sum Omega (theta - theta*)^2. Per-task modules are not penalised.
+During a task, omega accumulates -g * delta-theta at every step, where g is the gradient of the task loss
+alone (not of SI's own penalty, nor of any other term) at the parameters before the step and delta-theta is
+the change the optimizer made. At the task's end Omega <- max(0, Omega + omega / (Delta^2 + xi)), with Delta
+the parameter's change over the task: the clip acts on the running total, as in the reference, so a
+task whose path integral is negative can lower an importance but never below zero. The anchor moves to the
+current parameters. The penalty is c * sum Omega (theta - theta*)^2; its gradient, 2c Omega (theta - theta*),
+is added to the task loss's gradient after the path integral has read it. Which parameters are protected:
+see `protected_parameters`.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Batch
+from ..data import Batch, TaskSet
 from ..errors import UserError
 from . import register_strategy
-from .base import Plugin, TaskContext, shared_parameters
+from .base import Plugin, TaskContext, protected_parameters
 
 
 @register_strategy("si")
@@ -38,12 +42,12 @@ class SIConfig:
 
 
 class SI(Plugin):
-    """Synaptic intelligence over the model's shared parameters."""
+    """Synaptic intelligence over the parameters every task is tested with."""
 
     name = "si"
 
-    def __init__(self, model: nn.Module, strength: float = 1.0, damping: float = 0.1) -> None:
-        self.params = shared_parameters(model)
+    def __init__(self, model: nn.Module, data: TaskSet, strength: float = 1.0, damping: float = 0.1) -> None:
+        self.params = protected_parameters(model, data.scenario)
         self.strength = strength
         self.damping = damping
         self.importance = [torch.zeros_like(p) for p in self.params]
@@ -57,31 +61,33 @@ class SI(Plugin):
         self.path = [torch.zeros_like(p) for p in self.params]
         self.task_start = [p.detach().clone() for p in self.params]
 
-    def loss(self, ctx: TaskContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:  # noqa: D102
-        if self.anchor is None:
-            return None
-        diffs = torch._foreach_sub(self.params, self.anchor)
-        terms = [(o * d * d).sum() for o, d in zip(self.importance, diffs, strict=True)]
-        return self.strength * torch.stack(terms).sum()
-
-    def before_step(self, ctx: TaskContext) -> None:  # noqa: D102
+    def before_step(self, ctx: TaskContext) -> None:
+        """Keep the task loss's gradient and the parameters for the path integral, then add the penalty's
+        gradient 2c Omega (theta - theta*) to the gradient the optimizer steps on."""
         self._grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
         self._before = [p.detach().clone() for p in self.params]
+        if self.anchor is None:
+            return
+        for p, o, a in zip(self.params, self.importance, self.anchor, strict=True):
+            pull = (p.detach() - a).mul_(o).mul_(2 * self.strength)
+            if p.grad is None:
+                p.grad = pull
+            else:
+                p.grad.add_(pull)
 
     def after_step(self, ctx: TaskContext, batch: Batch) -> None:
-        """omega -= g * (theta_after - theta_before)."""
+        """omega -= g * (theta_after - theta_before), g the task loss's gradient."""
         delta = torch._foreach_sub([p.detach() for p in self.params], self._before)
         torch._foreach_mul_(delta, self._grads)
         torch._foreach_sub_(self.path, delta)
 
     def after_task(self, ctx: TaskContext) -> None:
-        """Omega += max(0, omega / (Delta^2 + xi)); the anchor moves to the current parameters."""
+        """Omega <- max(0, Omega + omega / (Delta^2 + xi)); the anchor moves to the current parameters."""
         total = torch._foreach_sub([p.detach() for p in self.params], self.task_start)
         torch._foreach_mul_(total, total)
         torch._foreach_add_(total, self.damping)
-        gained = torch._foreach_div(self.path, total)
-        torch._foreach_clamp_min_(gained, 0.0)
-        torch._foreach_add_(self.importance, gained)
+        torch._foreach_add_(self.importance, torch._foreach_div(self.path, total))
+        torch._foreach_clamp_min_(self.importance, 0.0)
         self.anchor = [p.detach().clone() for p in self.params]
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
