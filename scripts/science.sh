@@ -95,9 +95,15 @@ reports() {
   report tasks "$OUT/science/science_5tasks" "$OUT/science/science_split"
 }
 
+part() {  # part <name>: run a part, saying when it started and ended (the study's time)
+  echo "science: $1 started $(date -u +%FT%TZ)" >&2
+  "$1"
+  echo "science: $1 ended $(date -u +%FT%TZ)" >&2
+}
+
 case $what in
-  main|baselines|statistics|walk|capacity|probes|tasks|reports) "$what" ;;
-  all) main; baselines; statistics; walk; probes; tasks; capacity; reports ;;
+  main|baselines|statistics|walk|capacity|probes|tasks|reports) part "$what" ;;
+  all) for p in main baselines statistics walk probes tasks capacity reports; do part $p; done ;;
   *) echo "error: unknown part '$what'; use main, baselines, statistics, walk, capacity, probes, tasks, reports or all" >&2
      exit 2 ;;
 esac
