@@ -15,25 +15,19 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
+from typing import NoReturn
 
-# OpenMP's default active spin-wait made 2 threads far slower than 1 on small models (benchmarks/RESULTS.md);
-# passive waiting must be set before torch loads its OpenMP runtime. An explicit OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from pathlib import Path  # noqa: E402
-from typing import NoReturn  # noqa: E402
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from .errors import EnvironmentFaultError, TrainingFailedError, UserError, one_line
+from .runtime import STOP_SIGNALS, InterruptedRunError, Interrupts
 
-from .config import register  # noqa: E402
-from .errors import EnvironmentFaultError, TrainingFailedError, UserError, one_line  # noqa: E402
-from .runtime import STOP_SIGNALS, InterruptedRunError, Interrupts  # noqa: E402
-
-register()
 log = logging.getLogger("run")
 
 
@@ -48,7 +42,6 @@ def main(cfg: DictConfig) -> float | None:
     from .experiment import run_experiment
 
     hydra_cfg = HydraConfig.get()
-    local = "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", ""))
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     # submitit owns SIGTERM in its jobs (Slurm's requeue after USR2); everywhere else it stops the run cleanly
     signals = (signal.SIGINT, signal.SIGHUP) if os.environ.get("SUBMITIT_EXECUTOR") else STOP_SIGNALS
@@ -56,7 +49,7 @@ def main(cfg: DictConfig) -> float | None:
         with Interrupts(signals) as interrupts:
             record = run_experiment(
                 cfg, hydra_cfg.runtime.output_dir, sweep=f"{cfg.sweep_name}-{Path(hydra_cfg.sweep.dir).name}"
-                if multirun else None, launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if local else None,
+                if multirun else None, launcher_cpus=hydra_cfg.launcher.get("cpus_per_task") if multirun else None,
                 hydra_files={"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg},
                              "overrides.yaml": list(hydra_cfg.overrides.task)}, interrupts=interrupts)
     except (UserError, TrainingFailedError, EnvironmentFaultError, InterruptedRunError, OSError) as exc:
@@ -91,7 +84,15 @@ def exit_code(exc: BaseException) -> int:
 
 
 def cli() -> NoReturn:
-    """Run `main` (see `run_main`) and exit with its code, without the interpreter's teardown (`exit_now`)."""
+    """Run `main` (see `run_main`) and exit with its code, without the interpreter's teardown (`exit_now`).
+
+    Before anything loads torch: OpenMP's default active spin-wait made 2 threads far slower than 1 on small
+    models (benchmarks/RESULTS.md), so waiting is passive unless OMP_WAIT_POLICY says otherwise (sweep jobs
+    inherit it); then the config's schemas are registered."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .config import register
+
+    register()
     try:
         run_main()
     except SystemExit as exc:
@@ -130,7 +131,9 @@ def run_main() -> None:
         print(f"error: {message(exc)}", file=sys.stderr, flush=True)  # e.g. a sweep job failed: its results say why
         sys.exit(exit_code(exc))
     except Exception as exc:
-        if type(exc).__name__ != "FailedJobError":  # submitit's: sbatch refused the jobs
+        from submitit.core.utils import FailedJobError  # sbatch refused the jobs
+
+        if not isinstance(exc, FailedJobError):
             raise
         print(f"error: {slurm_refusal(str(exc))}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,17 +1,26 @@
-"""Typed schema of the Hydra config, registered in Hydra's ConfigStore.
+"""Typed schema of the Hydra config, registered in Hydra's ConfigStore; the one declaration of what changes results.
 
-`conf/config.yaml` lists `schema` first in its defaults, and every option file of the `net`, `optimizer` and
-`strategy` groups names its own schema (`/schema/<group>/<option>`), so a composed config is merged onto
-these dataclasses: a wrong type or a bad choice (Enums) fails at composition. `validate` then builds the
-dataclasses (running their range checks) and refuses keys outside the schema, even ones added with `+`
-(only `tags` is free-form), all before any data is loaded or anything is written.
+`conf/config.yaml` lists `schema` first in its defaults, and every option file of the `net`, `optimizer`,
+`strategy` and `logger` groups names its own schema (`/schema/<group>/<option>`), so a composed config is merged
+onto these dataclasses: a wrong type or a bad choice (Enums) fails at composition. `validate` then builds the
+dataclasses (running their range checks, each rule here and nowhere else) and refuses keys outside the schema,
+even ones added with `+` (only `tags` is free-form), all before any data is loaded or anything is written.
+
+Which keys change a run's results is declared once, on the schema's fields (`NOT_SCIENTIFIC`, or
+`scientific_when(key)`); `science` derives from it the run's scientific settings (its fingerprint and what
+reports group by) and `run_dirname` the run directory's name.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
+import re
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,12 +29,17 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .binarize import BinaryScale
 from .data.tasks import Scenario
 from .errors import UserError
+from .loop.precision import Precision
 from .optim import Implementation, MetaOn, MetaScale
-from .sinks.console import ConsoleSinkConfig
-from .sinks.local import LocalSinkConfig
-from .sinks.wandb_sink import WandbSinkConfig
-from .strategies import load_all
-from .trainer import Precision
+from .sinks import load_all as load_sinks
+from .strategies import load_all as load_strategies
+
+NOT_SCIENTIFIC = {"scientific": False}  # field metadata: the key never changes a run's results
+
+
+def scientific_when(key: str) -> dict[str, str]:
+    """Field metadata: the key changes results only when config `key` is true."""
+    return {"scientific": key}
 
 
 def _positive(name: str, value: float | int | None, minimum: float = 1, optional: bool = False) -> None:
@@ -125,13 +139,14 @@ class ArchConfig:
 class DataConfig:
     """Where datasets live and how tasks are built from them."""
 
-    root: str = "data"
-    cache_dir: str | None = None  # null: <root>/.cache
-    download: bool = False
+    root: str = field(default="data", metadata=NOT_SCIENTIFIC)
+    cache_dir: str | None = field(default=None, metadata=NOT_SCIENTIFIC)  # null: <root>/.cache
+    download: bool = field(default=False, metadata=NOT_SCIENTIFIC)
     scenario: Scenario = Scenario.auto
     class_order_seed: int | None = None  # null: classes split in label order
     val_fraction: float = 0.1  # of each task's training set, held out for choosing hyper-parameters
-    eval_batch_size: int = 1000
+    # accuracies depend on the test batch only where BatchNorm normalises each test batch with its own statistics
+    eval_batch_size: int = field(default=1000, metadata=scientific_when("net.transductive_bn"))
 
     def __post_init__(self) -> None:
         _positive("data.eval_batch_size", self.eval_batch_size)
@@ -154,7 +169,7 @@ class MetaplasticAdamConfig:
     meta_layers: dict[str, Any] = field(default_factory=dict)  # {group: {patterns: [...], meta: m}}
     meta_from_task: int = 0  # tasks before this one (0-based) learn with meta 0 (needs fresh_optimizer)
     meta_scale: MetaScale = MetaScale.none
-    implementation: Implementation = Implementation.auto
+    implementation: Implementation = field(default=Implementation.auto, metadata=NOT_SCIENTIFIC)
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -163,15 +178,6 @@ class MetaplasticAdamConfig:
             raise UserError(f"optimizer.eps must be > 0, got {self.eps}")
         if self.meta_from_task < 0:
             raise UserError(f"optimizer.meta_from_task must be >= 0, got {self.meta_from_task}")
-
-
-@dataclass
-class LoggerConfig:
-    """Result sinks, each built from its node: files and console always, W&B when `wandb` is set."""
-
-    files: LocalSinkConfig = field(default_factory=LocalSinkConfig)
-    console: ConsoleSinkConfig = field(default_factory=ConsoleSinkConfig)
-    wandb: WandbSinkConfig | None = None
 
 
 @dataclass
@@ -191,24 +197,27 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = MISSING
     strategy: Any = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    # result sinks by name, each a _target_ node of its own schema (metaplastic_vit.sinks): files, console, wandb
+    logger: dict[str, Any] = field(default_factory=dict, metadata=NOT_SCIENTIFIC)
+    paths: PathsConfig = field(default_factory=PathsConfig, metadata=NOT_SCIENTIFIC)
     meta: Any = 0.0  # a number, or a list with one value per metaplastic weight tensor
     lr: float = 0.005
     gamma: float = 1.0
     decay: float = 1e-7
     epochs_per_task: int = 20
     task_sequence: list[str] = field(default_factory=lambda: ["pdigits", "pdigits", "pdigits"])
-    device: str = "auto"
+    device: str = field(default="auto", metadata=NOT_SCIENTIFIC)
     precision: Precision = Precision.auto
     seed: int = 0
     batch_size: int = 100
     fresh_optimizer: bool = True  # a new optimizer (fresh moments) at every task, as in the paper
-    threads: int | None = None  # null: SLURM_CPUS_PER_TASK, else the launcher's, else all cores
-    compile: bool = False  # torch.compile the model for training and testing
-    checkpoint: bool = True
-    sweep_name: str = "adhoc"
-    tags: dict[str, Any] = field(default_factory=dict)  # free-form labels, kept in the results and W&B
+    # null: SLURM_CPUS_PER_TASK, else the launcher's, else all cores
+    threads: int | None = field(default=None, metadata=NOT_SCIENTIFIC)
+    compile: bool = field(default=False, metadata=NOT_SCIENTIFIC)  # torch.compile the model (training, testing)
+    checkpoint: bool = field(default=True, metadata=NOT_SCIENTIFIC)
+    sweep_name: str = field(default="adhoc", metadata=NOT_SCIENTIFIC)
+    # free-form labels, kept in the results and W&B
+    tags: dict[str, Any] = field(default_factory=dict, metadata=NOT_SCIENTIFIC)
 
     def __post_init__(self) -> None:
         metas = list(self.meta) if isinstance(self.meta, list | tuple) else [self.meta]
@@ -236,32 +245,99 @@ class Config:
 
 
 FREE_FORM = ("tags",)  # nodes that take any keys
-
-
-def run_dirname(overrides: str) -> str:
-    """A run directory name from the command-line overrides ("default" without any); no path separators."""
-    return (overrides or "default").replace("/", "_")
-
-
-def overrides_dirname(overrides: list[str], exclude: list[str]) -> str:
-    """Like Hydra's job.override_dirname, for a sweep directory (resolved before any job exists): the
-    command-line overrides sorted, without the excluded keys and the +search choice."""
-    kept = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in [*exclude, "search"])
-    return run_dirname(",".join(kept))
+GROUP_SCHEMAS: dict[str, list[type]] = {}  # config group -> the schemas its options may have (filled by register)
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore and register the config's resolvers."""
+    """Put the schemas in Hydra's ConfigStore and register the config's resolver."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
-    cs.store(group="schema/net", name="vit", node=ViTNetConfig)
-    cs.store(group="schema/net", name="mlp", node=MLPNetConfig)
-    cs.store(group="schema/net", name="walk", node=WalkNetConfig)
-    cs.store(group="schema/optimizer", name="metaplastic_adam", node=MetaplasticAdamConfig)
-    for name, schema in load_all().items():
-        cs.store(group="schema/strategy", name=name, node=schema)
+    nets = {"vit": ViTNetConfig, "mlp": MLPNetConfig, "walk": WalkNetConfig}
+    optimizers = {"metaplastic_adam": MetaplasticAdamConfig}
+    groups = {"net": nets, "optimizer": optimizers, "strategy": load_strategies(), "sink": load_sinks()}
+    for group, schemas in groups.items():
+        for name, schema in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=schema)
+        GROUP_SCHEMAS[group] = list(schemas.values())
     OmegaConf.register_new_resolver("run_dirname", run_dirname, replace=True)
-    OmegaConf.register_new_resolver("overrides_dirname", overrides_dirname, replace=True)
+
+
+def non_scientific(schema: type = None, prefix: str = "") -> dict[str, str | None]:
+    """Every config key that does not always change results (dotted), mapped to None when it never does, or to
+    the key that makes it matter when true: read off the schema's field metadata, the groups' schemas included."""
+    if not GROUP_SCHEMAS:
+        register()
+    found: dict[str, str | None] = {}
+    hints = typing.get_type_hints(schema or Config)
+    for f in fields(schema or Config):
+        key = f"{prefix}{f.name}"
+        scientific = f.metadata.get("scientific", True)
+        if scientific is not True:
+            found[key] = scientific or None
+            continue
+        kind = hints[f.name]
+        for nested in [kind] if is_dataclass(kind) else GROUP_SCHEMAS.get(key, []) if kind is Any else []:
+            found.update(non_scientific(nested, f"{key}."))
+    return found
+
+
+def _excluded(key: str, config: dict[str, Any], declared: dict[str, str | None]) -> bool:
+    """Whether dotted `key` (or a node above it) is declared non-scientific in a run with flat `config`."""
+    for ignored, condition in declared.items():
+        if key == ignored or key.startswith(f"{ignored}."):
+            return condition is None or not config.get(condition)
+    return False
+
+
+def _copy_of(node: DictConfig, key: str) -> bool:
+    """Whether node[key] is an interpolated copy of another setting (net.embed_dim: ${arch.embed_dim}), not a
+    value of its own (meta: ${tags.validated.meta} is the value validation chose, kept)."""
+    if not OmegaConf.is_interpolation(node, key):
+        return False
+    source = re.fullmatch(r"\$\{([\w.]+)\}", str(node._get_node(key)._value()))
+    return source is not None and not source.group(1).startswith(tuple(f"{k}." for k in FREE_FORM))
+
+
+def science(cfg: DictConfig, precision: Precision) -> dict[str, Any]:
+    """The settings that change a run's results, flat (dotted keys) and each once: every key but those the
+    schema declares non-scientific and the interpolated copies of other keys, the precision as resolved."""
+    declared = non_scientific()
+    flat: dict[str, Any] = {}
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            if _copy_of(node, key):
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none():
+                walk(child, f"{full}.")
+            elif OmegaConf.is_config(child):
+                flat[full] = OmegaConf.to_container(child, resolve=True, enum_to_str=True)
+            else:
+                value = node[key]
+                flat[full] = value.value if isinstance(value, Enum) else value
+    walk(cfg, "")
+    flat["precision"] = Precision(precision).value
+    return {k: v for k, v in sorted(flat.items()) if not _excluded(k, flat, declared)}
+
+
+def fingerprint(science: dict[str, Any]) -> str:
+    """A hash of a run's scientific settings: a checkpoint resumes only under the same one."""
+    return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_dirname(overrides: Any) -> str:
+    """A run (or search) directory's name from its command-line overrides, sorted: those that never change
+    results are left out (the schema's declaration, Hydra's own keys, the +search choice), so the same
+    experiment always lands in the same directory. "default" without any; no path separators."""
+    declared = {k for k, condition in non_scientific().items() if condition is None}
+    kept = sorted(o for o in overrides if not _dropped(o.split("=", 1)[0].lstrip("+~"), declared))
+    return (",".join(kept) or "default").replace("/", "_")
+
+
+def _dropped(key: str, declared: set[str]) -> bool:
+    return key.startswith("hydra") or key == "search" or any(key == d or key.startswith(f"{d}.") for d in declared)
 
 
 def unknown_keys(node: Any, path: str = "") -> list[tuple[str, list[str]]]:

@@ -1,9 +1,7 @@
-"""Composition root: a config in; model, data, optimizer, plugins and sinks built; a trained, measured run out."""
+"""Composition root: a config in; model, data, optimizer, strategies and observers built; a measured run out."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -16,18 +14,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .binarize import binary_modules
-from .config import Config, validate
-from .data import Task, TaskSet, build_tasks, parse_task_sequence
+from .config import Config, fingerprint, science, validate
+from .data import TaskSet, build_tasks, parse_task_sequence
 from .errors import UserError
+from .loop.checkpoint import Checkpointer
+from .loop.hooks import RunObserver, Strategy
+from .loop.per_task import PerTaskState
+from .loop.precision import Precision, resolve_precision
+from .loop.trainer import ContinualTrainer, TrainSettings
 from .models import resolve_spec
 from .optim import metaplastic_numel
-from .record import NON_SCIENTIFIC, RunRecord
+from .record import RunRecord
 from .runtime import Interrupts, RunDirectory
 from .seeds import Stream, derive
-from .strategies.base import Plugin
-from .strategies.diagnostics import Diagnostics
-from .strategies.per_task import PerTaskState
-from .trainer import ContinualTrainer, Precision, TrainSettings, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -63,41 +62,6 @@ def set_threads(threads: int | None, launcher_cpus: int | None, model: nn.Module
     return cores, cores, False
 
 
-def plain(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain JSON-able data."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def fingerprint(cfg: DictConfig, precision: Precision) -> str:
-    """A hash of everything that changes a run's numbers: a checkpoint resumes only under the same one.
-
-    The test batch size counts only where it changes results (BatchNorm with transductive statistics); the
-    precision counts as resolved (auto on a GPU is bf16).
-    """
-    data = plain(cfg)
-    data["precision"] = precision.value
-    skipped = [k for k in NON_SCIENTIFIC if not (k == "data.eval_batch_size" and data["net"].get("transductive_bn"))]
-    for key in skipped:
-        *parents, leaf = key.split(".")
-        node = data
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def build_plugins(cfg: DictConfig, model: nn.Module, data: TaskSet, run_dir: Path) -> list[Plugin]:
-    """The strategy, per-task state (where the net keeps any), diagnostics, then the sinks, in hook order."""
-    plugins = [instantiate(cfg.strategy, _convert_="all")(model=model, data=data)]
-    if model.net_spec.per_task:
-        plugins.append(PerTaskState(model, model.net_spec.per_task))
-    plugins.append(Diagnostics(model))
-    for node in (cfg.logger.files, cfg.logger.console, cfg.logger.wandb):
-        if node is not None:
-            plugins.append(instantiate(node, _convert_="all")(run_dir=run_dir))
-    return plugins
-
-
 def sizes(model: nn.Module, make_optimizer: Callable[[nn.Module, int], torch.optim.Optimizer], tasks: int
           ) -> dict[str, Any]:
     """The record's size fields: parameters, binary weights, the weights metaplasticity acts on (by the last
@@ -109,48 +73,73 @@ def sizes(model: nn.Module, make_optimizer: Callable[[nn.Module, int], torch.opt
             "fan_in": {name: m.weight[0].numel() for name, m in binary.items()}}
 
 
+def build_strategies(settings: Config, model: nn.Module, data: TaskSet) -> list[Strategy]:
+    """The configured strategy, then per-task state where the net keeps any: the training hooks, in order."""
+    strategies = [instantiate(settings.strategy, _convert_="all")(model=model, data=data)]
+    if model.net_spec.per_task:
+        strategies.append(PerTaskState(model, model.net_spec.per_task))
+    return strategies
+
+
+def build_observers(settings: Config, run_dir: Path) -> list[RunObserver]:
+    """The sinks of `logger:`, in the config's order (a node set to null is off)."""
+    observers = []
+    for name, node in settings.logger.items():
+        if node is None:
+            continue
+        if (node.get("_target_") if isinstance(node, dict) else getattr(node, "_target_", None)) is None:
+            raise UserError(f"logger.{name} names no sink: give it a _target_ or list its schema in conf/logger/")
+        observers.append(instantiate(node, _convert_="all")(run_dir=run_dir))
+    return observers
+
+
 def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | None = None, sweep: str | None = None,
                    hydra_files: dict[str, Any] | None = None, interrupts: Interrupts | None = None) -> RunRecord:
-    """Validate `cfg`, take the run directory, build data, model, optimizer, plugins and sinks, train, and
-    return the record.
+    """Validate `cfg`, take the run directory, build data, model, optimizer, strategies and observers, train,
+    and return the record.
 
-    `launcher_cpus`: the cpus_per_task of a local parallel launcher, the threads this job may use;
-    `sweep`: names the multirun this job belongs to (the default W&B group); `hydra_files`: Hydra's record
-    of the config, written once the run owns its directory; `interrupts`: signals that stop the run.
+    `launcher_cpus`: the cpus_per_task a launcher gave this job, the threads it may use; `sweep`: names the
+    multirun this job belongs to (the default W&B group); `hydra_files`: Hydra's record of the config, written
+    once the run owns its directory; `interrupts`: signals that stop the run.
     """
     settings = validate(cfg)
-    resolve_spec(cfg.net.name)  # an unknown net is refused before any data is loaded
-    tasks = parse_task_sequence(cfg.task_sequence, seed=cfg.seed, class_order_seed=cfg.data.class_order_seed)
-    device = resolve_device(cfg.device)
+    resolve_spec(settings.net.name)  # an unknown net is refused before any data is loaded
+    tasks = parse_task_sequence(settings.task_sequence, seed=settings.seed,
+                                class_order_seed=settings.data.class_order_seed)
+    device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     with RunDirectory(run_dir) as owned:
-        trainer = _build(cfg, settings, tasks, device, precision, owned.path, launcher_cpus, sweep, interrupts)
+        data = build_tasks(tasks, settings.data.root, settings.data.cache_dir, settings.data.download,
+                           settings.data.scenario, getattr(settings.net, "img_size", None), device,
+                           val_fraction=settings.data.val_fraction, seed=settings.seed)
+        trainer = _build(cfg, settings, data, device, precision, owned.path, launcher_cpus, sweep, interrupts)
         trainer.restore()  # refuses another experiment's checkpoint before anything is written
         owned.accept(hydra_files)
         return trainer.run()
 
 
-def _build(cfg: DictConfig, settings: Config, tasks: list[Task], device: torch.device, precision: Precision,
+def _build(cfg: DictConfig, settings: Config, data: TaskSet, device: torch.device, precision: Precision,
            run_dir: Path, launcher_cpus: int | None, sweep: str | None, interrupts: Interrupts | None
            ) -> ContinualTrainer:
-    """Data, model, optimizer, plugins and sinks, assembled into the trainer."""
-    data = build_tasks(tasks, cfg.data.root, cfg.data.cache_dir, cfg.data.download, settings.data.scenario,
-                       cfg.net.get("img_size"), device, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-    torch.manual_seed(derive(cfg.seed, Stream.init))
-    model = instantiate(cfg.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
-                                                  in_chans=data.in_chans).to(device)
-    threads, eval_threads, beside = set_threads(cfg.threads, launcher_cpus, model, device)
-    plugins = build_plugins(cfg, model, data, run_dir)
-    config = plain(cfg)
-    template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value, net=cfg.net.name,
-                         meta=config["meta"], seed=cfg.seed, strategy=plugins[0].name, run_dir=str(run_dir),
-                         sweep=sweep, device=str(device), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                         threads=threads, **sizes(model, instantiate(cfg.optimizer, _convert_="all"),
-                                                  len(tasks)))
-    train = TrainSettings(epochs_per_task=cfg.epochs_per_task, batch_size=cfg.batch_size,
-                          eval_batch_size=cfg.data.eval_batch_size, gamma=cfg.gamma,
-                          fresh_optimizer=cfg.fresh_optimizer, precision=precision, checkpoint=cfg.checkpoint,
-                          seed=cfg.seed, eval_threads=eval_threads, compile=cfg.compile,
-                          test_beside_training=beside)
-    return ContinualTrainer(model, data, instantiate(cfg.optimizer, _convert_="all"), plugins, train, run_dir,
-                            fingerprint(cfg, precision), template, interrupts.check if interrupts else None)
+    """Model, optimizer, strategies and observers, assembled into the trainer."""
+    torch.manual_seed(derive(settings.seed, Stream.init))
+    model = instantiate(settings.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
+                                                       in_chans=data.in_chans).to(device)
+    threads, eval_threads, beside = set_threads(settings.threads, launcher_cpus, model, device)
+    make_optimizer = instantiate(settings.optimizer, _convert_="all")
+    strategies = build_strategies(settings, model, data)
+    observers = build_observers(settings, run_dir)
+    scientific = science(cfg, precision)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    template = RunRecord(status="running", config=config, tasks=[], scenario=data.scenario.value,
+                         net=settings.net.name, meta=config["meta"], seed=settings.seed,
+                         strategy=strategies[0].name, science=scientific, run_dir=str(run_dir), sweep=sweep,
+                         device=str(device), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), threads=threads,
+                         **sizes(model, make_optimizer, len(data.tasks)))
+    train = TrainSettings(epochs_per_task=settings.epochs_per_task, batch_size=settings.batch_size,
+                          eval_batch_size=settings.data.eval_batch_size, gamma=settings.gamma,
+                          fresh_optimizer=settings.fresh_optimizer, precision=precision, seed=settings.seed,
+                          eval_threads=eval_threads, test_beside_training=beside, compile=settings.compile)
+    checkpointer = Checkpointer(run_dir, fingerprint(scientific), settings.checkpoint)
+    return ContinualTrainer(model, data, make_optimizer, strategies, observers, train, checkpointer, template,
+                            interrupts.check if interrupts else None)

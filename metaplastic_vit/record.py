@@ -23,14 +23,10 @@ from typing import Any
 from . import metrics
 from .atomic import atomic_write
 
-FORMAT = 2
+FORMAT = 3
 RESULTS = "results.json"
 SEARCH = "search.json"  # a search's objectives, directions, budget, seeds and space (hydra/sweeper=optuna)
 TRIALS = "trials.json"  # a search's trials: values, objectives and their standard errors, run directories
-# Config keys that do not change what a run computes: a run may resume with other values for them, and a
-# report does not tell runs apart by them. The test batch size matters only with transductive BatchNorm.
-NON_SCIENTIFIC = ("logger", "paths", "threads", "compile", "device", "checkpoint", "sweep_name", "tags", "data.root",
-                  "data.cache_dir", "data.download", "data.eval_batch_size", "optimizer.implementation")
 STATUSES = ("running", "completed", "failed", "interrupted")
 # The record's validation metrics: what a search may optimise (the test metrics are only reported)
 VALIDATION_METRICS = ("val_avg_acc", "val_old_acc", "val_new_acc")
@@ -38,6 +34,15 @@ VALIDATION_METRICS = ("val_avg_acc", "val_old_acc", "val_new_acc")
 
 class MalformedRecordError(ValueError):
     """A results file that is not a record of this format (the reason is the message)."""
+
+
+@dataclass
+class Diagnostics:
+    """The hidden weights after an epoch, as metaplastic_vit.diagnostics measures them."""
+
+    attenuated: float | None = None  # share of metaplastic hidden weights with f_meta < 0.5 (None: no meta)
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)  # per layer: attenuated, flipped, mean_abs
+    histograms: dict[str, dict[str, list[float]]] | None = None  # per layer, at a task's last epoch
 
 
 @dataclass
@@ -53,9 +58,16 @@ class EpochRecord:
     val_acc: list[float]  # every task's validation split, under the run's scenario (empty without one)
     mean_seen_acc: float  # mean test_acc over the tasks learned so far
     lr: float
-    attenuated: float | None = None  # share of metaplastic hidden weights with f_meta < 0.5 (None: no meta)
-    layers: dict[str, dict[str, float]] = field(default_factory=dict)  # per-layer diagnostics
-    histograms: dict[str, dict[str, list[float]]] | None = None  # hidden weights, at a task's last epoch
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the record's own fields, not copies)."""
+        return {**vars(self), "diagnostics": vars(self.diagnostics)}
+
+
+def epoch_from_dict(data: dict[str, Any]) -> EpochRecord:
+    """An EpochRecord from its plain data (`EpochRecord.to_dict`)."""
+    return EpochRecord(**{**data, "diagnostics": Diagnostics(**data.get("diagnostics", {}))})
 
 
 @dataclass
@@ -70,6 +82,7 @@ class RunRecord:
     meta: float | list[float]
     seed: int
     strategy: str
+    science: dict[str, Any] = field(default_factory=dict)  # the settings that change results, flat (config.science)
     run_dir: str = ""
     sweep: str | None = None  # <sweep_name>-<sweep dir> for a multirun job (the default W&B group)
     device: str = "cpu"
@@ -142,7 +155,7 @@ class RunRecord:
         """Hidden-weight histograms per layer, one per finished task: {"task", "edges", "counts"}."""
         out: dict[str, list[dict[str, Any]]] = {}
         for e in self.epochs:
-            for layer, h in (e.histograms or {}).items():
+            for layer, h in (e.diagnostics.histograms or {}).items():
                 out.setdefault(layer, []).append({"task": e.task, **h})
         return out
 
@@ -218,7 +231,7 @@ def record_from_dict(data: Any) -> RunRecord:
         if not _matrix_ok(data.get(key, []), t, t if key != "val_acc_matrix" or data.get(key) else None):
             raise MalformedRecordError(f"{key} is not a matrix of numbers with {t} columns")
     try:
-        epochs = [EpochRecord(**e) for e in data.get("epochs", [])]
+        epochs = [epoch_from_dict(e) for e in data.get("epochs", [])]
         return RunRecord(**{k: v for k, v in data.items() if k in names and k != "epochs"}, epochs=epochs)
     except TypeError as exc:
         raise MalformedRecordError(f"unexpected fields ({exc})") from None

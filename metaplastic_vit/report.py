@@ -26,12 +26,7 @@ import numpy as np
 
 from . import plots
 from .errors import UserError
-from .record import NON_SCIENTIFIC, RESULTS, SEARCH, TRIALS, MalformedRecordError, RunRecord, flat_config, read_record
-
-IGNORED = (*NON_SCIENTIFIC, "seed")
-# Config keys implied by others (interpolated copies).
-DERIVED = ("optimizer.lr", "optimizer.weight_decay", "optimizer.meta", "net.img_size", "net.patch_size",
-           "net.embed_dim", "net.depth", "net.num_heads", "net.mlp_ratio", "net.qkv_bias")
+from .record import RESULTS, SEARCH, TRIALS, MalformedRecordError, RunRecord, read_record
 
 METRICS: list[tuple[str, str]] = [
     ("avg_acc", "ACC"),
@@ -70,13 +65,9 @@ class Group:
 
 
 def science_of(record: RunRecord) -> dict[str, str]:
-    """The run's config keys that change its numbers, flat, without the seed; the test batch size only where
-    BatchNorm's test statistics are transductive."""
-    flat = {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in flat_config(record.config).items()}
-    transductive = flat.get("net.transductive_bn") == "True"
-    ignored = [i for i in IGNORED if not (i == "data.eval_batch_size" and transductive)]
-    return {k: v for k, v in flat.items()
-            if not any(k == i or k.startswith(f"{i}.") for i in ignored) and k not in DERIVED}
+    """The run's settings that change its numbers (as the run recorded them), without the seed, as text."""
+    return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in record.science.items()
+            if k != "seed"}
 
 
 def load_runs(dirs: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
@@ -148,8 +139,7 @@ def _metric(record: RunRecord, key: str) -> float | None:
 
 def _consolidated(record: RunRecord) -> list[float | None]:
     """The model-wide consolidated share (f_meta < 0.5) at each task's last epoch."""
-    ends = [e for e in record.epochs if e.histograms is not None]
-    return [e.attenuated for e in ends]
+    return [e.diagnostics.attenuated for e in record.epochs if e.diagnostics.histograms is not None]
 
 
 def group_runs(runs: Sequence[Run]) -> tuple[list[str], list[Group]]:

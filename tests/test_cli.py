@@ -14,7 +14,7 @@ def test_a_run_prints_its_table_writes_its_results_and_is_not_retrained(cli):
     proc = cli(*tiny("logger.console.progress=lines"), check=True)
     (results,) = cli.out.glob("runs/*/results.json")
     res = read_results(results.parent)
-    assert res["status"] == "completed" and res["format"] == 2
+    assert res["status"] == "completed" and res["format"] == 3
     assert "task 2/2 epoch 2" in proc.stdout  # one plain line per epoch when not on a terminal
     assert "tested without the task id (domain scenario)" in proc.stdout and "task-aware" in proc.stdout
     assert "validation ACC" in proc.stdout

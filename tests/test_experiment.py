@@ -7,10 +7,10 @@ import torch
 from conftest import config, read_results, run, tiny
 
 from metaplastic_vit import experiment
+from metaplastic_vit.loop.precision import Precision
 from metaplastic_vit.metrics import summary
 from metaplastic_vit.models import MODELS
 from metaplastic_vit.record import read_record
-from metaplastic_vit.trainer import Precision
 
 
 def test_default_net_run_writes_a_complete_record(tmp_path):
@@ -28,9 +28,10 @@ def test_default_net_run_writes_a_complete_record(tmp_path):
     assert len(record.epochs) == 4
     first = record.epochs[0]
     assert len(first.test_acc) == len(first.test_acc_task_aware) == len(first.val_acc) == 2  # every task, every epoch
-    assert set(first.layers) == {"patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1",
-                                 "blocks.0.mlp.fc2", "head"}
-    assert 0 <= first.attenuated <= 1 and first.histograms is None and record.epochs[1].histograms
+    assert set(first.diagnostics.layers) == {"patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj",
+                                             "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "head"}
+    assert 0 <= first.diagnostics.attenuated <= 1 and first.diagnostics.histograms is None
+    assert record.epochs[1].diagnostics.histograms  # at a task's end
     on_disk = read_record(tmp_path / "results.json")
     assert on_disk.to_dict() == record.to_dict()
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
@@ -112,18 +113,34 @@ def test_validation_split_is_held_out_stratified_and_seeded():
     assert not torch.equal(data.tasks[1].splits["val"].idx, val.idx)  # each task its own held-out part
 
 
-def test_fingerprint_covers_what_changes_numbers():
-    base = config(*tiny())
-    fp = experiment.fingerprint(base, Precision.fp32)
-    for same in (tiny("threads=2"), tiny("logger.console.progress=lines"), tiny("device=cpu"),
-                 tiny("data.eval_batch_size=7"), tiny("+tags.note=x"), tiny("optimizer.implementation=foreach")):
-        assert experiment.fingerprint(config(*same), Precision.fp32) == fp, same
-    assert experiment.fingerprint(base, Precision.bf16) != fp
-    for other in (tiny("lr=0.01"), tiny("data.val_fraction=0.2"), tiny("strategy=ewc"), tiny("seed=1")):
-        assert experiment.fingerprint(config(*other), Precision.fp32) != fp, other
-    bnn = tiny("net=bnn", "net.transductive_bn=true")
-    assert (experiment.fingerprint(config(*bnn), Precision.fp32)
-            != experiment.fingerprint(config(*bnn, "data.eval_batch_size=7"), Precision.fp32))
+def test_one_declaration_decides_the_fingerprint_the_report_groups_and_the_run_directory():
+    """The schema's field metadata is the one list of keys that do not change results: the fingerprint, the
+    settings a report groups by (record.science) and the run directory's name all follow it."""
+    from metaplastic_vit.config import fingerprint, non_scientific, run_dirname, science
+
+    def fp(*overrides, precision=Precision.fp32):
+        return fingerprint(science(config(*overrides), precision))
+
+    base = fp(*tiny())
+    same = ["threads=2", "logger.console.progress=lines", "device=cpu", "+tags.note=x",
+            "optimizer.implementation=foreach", "compile=true", "checkpoint=false", "data.root=elsewhere"]
+    for override in [*same, "data.eval_batch_size=7"]:
+        assert fp(*tiny(override)) == base, override
+    assert run_dirname([*same, "+search=meta", "hydra/launcher=local"]) == "default"  # none names a directory
+    assert fp(*tiny(), precision=Precision.bf16) != base
+    for other in ("lr=0.01", "data.val_fraction=0.2", "strategy=ewc", "seed=1", "arch.proj_bias=false",
+                  "arch.class_token=false", "strategy=ewc strategy.fisher_decay=0.5"):
+        assert fp(*tiny(*other.split())) != base, other
+        assert run_dirname(other.split()) == ",".join(sorted(other.split())), other
+    bnn = tiny("net=bnn", "net.transductive_bn=true")  # the test batch size matters only here
+    assert fp(*bnn) != fp(*bnn, "data.eval_batch_size=7")
+    assert run_dirname(["data.eval_batch_size=7"]) == "data.eval_batch_size=7"  # sometimes scientific: kept
+    vit = science(config(*tiny("arch.proj_bias=false")), Precision.fp32)
+    assert vit["arch.proj_bias"] is False and "net.proj_bias" not in vit and "net.embed_dim" not in vit  # copies
+    assert science(config(*tiny("+candidate=bvit", "meta=3")), Precision.fp32)["meta"] == 3
+    declared = non_scientific()
+    assert {"compile", "tags", "optimizer.implementation", "logger", "threads"} <= declared.keys()
+    assert declared["data.eval_batch_size"] == "net.transductive_bn"
 
 
 @pytest.mark.parametrize("net", sorted(MODELS))
@@ -216,8 +233,8 @@ def test_each_purpose_draws_from_its_own_random_stream():
 def test_the_freeze_probe_stops_every_weight_tensor_after_its_task(tmp_path):
     record = run(tmp_path, *tiny("net=bvit_full", "strategy=freeze", "meta=0"))
     first, second = [[e for e in record.epochs if e.task == t] for t in (0, 1)]
-    assert any(v["flipped"] > 0 for e in first for v in e.layers.values())
-    assert all(v["flipped"] == 0 for e in second for v in e.layers.values())  # no sign moves
+    assert any(v["flipped"] > 0 for e in first for v in e.diagnostics.layers.values())
+    assert all(v["flipped"] == 0 for e in second for v in e.diagnostics.layers.values())  # no sign moves
     assert record.epochs[-1].train_acc != record.epochs[len(first)].train_acc  # the 1-D parameters still learn
 
 
@@ -227,5 +244,5 @@ def test_meta_from_a_later_task_learns_the_first_task_as_plain_adam(tmp_path):
     first = [e for e in late.epochs if e.task == 0]
     assert [e.test_acc for e in first] == [e.test_acc for e in plain.epochs[:len(first)]]
     assert late.epochs[-1].test_acc != plain.epochs[-1].test_acc
-    assert first[-1].attenuated is None and late.epochs[-1].attenuated is not None
+    assert first[-1].diagnostics.attenuated is None and late.epochs[-1].diagnostics.attenuated is not None
     assert late.metaplastic_weights > 0

@@ -13,8 +13,8 @@ from conftest import ROOT, config, read_results, run, tiny
 
 from metaplastic_vit import atomic, experiment
 from metaplastic_vit.errors import DataError, EnvironmentFaultError, UserError
+from metaplastic_vit.loop.hooks import RunObserver
 from metaplastic_vit.runtime import InterruptedRunError, Interrupts, RunDirectory, RunDirectoryBusyError
-from metaplastic_vit.strategies.base import Plugin
 
 
 def _cli(args, out, **kw):
@@ -79,12 +79,10 @@ def test_leftovers_of_killed_writes_are_removed_by_the_next_run(tmp_path):
 # ------------------------------------------------------------------ signals
 
 
-class SendSignal(Plugin):
-    """Sends `signum` to this process after `after` epochs."""
+class SendSignal(RunObserver):
+    """Sends `signum` to this process after `after` epochs (a sink added through the config's logger dict)."""
 
-    name = "signal"
-
-    def __init__(self, signum, after):
+    def __init__(self, run_dir, signum, after):
         self.signum, self.after, self.seen = signum, after, 0
 
     def epoch(self, epoch, record):
@@ -94,18 +92,16 @@ class SendSignal(Plugin):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_stops_at_the_next_batch_and_the_run_resumes_exactly(tmp_path, monkeypatch, signum):
+def test_a_signal_stops_at_the_next_batch_and_the_run_resumes_exactly(tmp_path, signum):
     args = tiny("epochs_per_task=3")
     reference = run(tmp_path / "reference", *args)
-    build = experiment.build_plugins
-    monkeypatch.setattr(experiment, "build_plugins", lambda *a: [*build(*a), SendSignal(signum, after=2)])
+    sender = f"+logger.signal={{_target_:test_faults.SendSignal,_partial_:true,signum:{int(signum)},after:2}}"
     with Interrupts() as interrupts, pytest.raises(InterruptedRunError) as info:
-        experiment.run_experiment(config(*args), tmp_path / "run", interrupts=interrupts)
+        experiment.run_experiment(config(*args, sender), tmp_path / "run", interrupts=interrupts)
     assert info.value.signum == signum
     stopped = read_results(tmp_path / "run")
     assert stopped["status"] == "interrupted" and signal.Signals(signum).name in stopped["reason"]
     assert "run the same command again to resume" in stopped["reason"] and len(stopped["epochs"]) == 2
-    monkeypatch.setattr(experiment, "build_plugins", build)
     resumed = run(tmp_path / "run", *args)
     assert resumed.epochs == reference.epochs and resumed.resumes == [{"task": 0, "epoch": 2}]
 
@@ -136,13 +132,13 @@ def test_a_full_disk_fails_the_run_with_its_reason_and_keeps_the_last_checkpoint
         if len(saves) == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, obj)
-    monkeypatch.setattr("metaplastic_vit.trainer.save_torch", fill_up)
+    monkeypatch.setattr("metaplastic_vit.loop.checkpoint.save_torch", fill_up)
     with pytest.raises(EnvironmentFaultError, match="No space left on device.*at task 2 epoch 1 \\(the checkpoint "
                                                     "after task 1 epoch 2\\); free space"):
         run(tmp_path, *tiny())
     res = read_results(tmp_path)
     assert res["status"] == "failed" and "No space left on device" in res["reason"]
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["next_task"] == 1
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["history"]["next_task"] == 1
 
 
 def test_a_read_only_output_directory_is_one_line(tmp_path):
@@ -192,6 +188,6 @@ def test_mnist_files_without_items_are_named(tmp_path):
 
 
 def test_a_checkpoint_without_a_fingerprint_is_refused(tmp_path):
-    torch.save({"format": 2, "state": {}}, tmp_path / "checkpoint.pt")
-    with pytest.raises(UserError, match="is not a checkpoint of this tool's format; delete it or use another"):
+    torch.save({"format": 3, "history": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(UserError, match="is not a checkpoint of this version's format; delete it or use another"):
         run(tmp_path, *tiny())

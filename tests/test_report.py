@@ -30,7 +30,7 @@ def test_groups_differ_in_every_scientific_key_but_the_seed(sweep, tmp_path):
     done = build_report([sweep, sweep / "meta=0,seed=0"], tmp_path / "report")  # one run reachable twice
     assert done["keys"] == ["meta", "strategy._target_"]
     groups = {g.key: g for g in done["groups"]}
-    naive = "metaplastic_vit.strategies.base.Naive"
+    naive = "metaplastic_vit.strategies.naive.Naive"
     ewc = "metaplastic_vit.strategies.ewc.EWC"
     assert set(groups) == {("0", naive), ("1", naive), ("1.35", naive), ("0", ewc)}  # naive and EWC never merge
     assert len(groups[("0", naive)].runs) == 2 and groups[("0", naive)].seeds == [0, 1]  # counted once

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 from metaplastic_vit.data import Batch, Scenario, build_tasks, parse_task_sequence
 from metaplastic_vit.data.loader import batch_bounds
 from metaplastic_vit.errors import UserError
+from metaplastic_vit.loop.hooks import TaskContext
+from metaplastic_vit.loop.per_task import PerTaskState
 from metaplastic_vit.models import create_model
-from metaplastic_vit.strategies.base import TaskContext, protected_parameters
+from metaplastic_vit.strategies import protected_parameters
 from metaplastic_vit.strategies.ewc import EWC, FisherLabels, fisher_diagonal
 from metaplastic_vit.strategies.joint import Joint
 from metaplastic_vit.strategies.lwf import LwF
-from metaplastic_vit.strategies.per_task import PerTaskState
 from metaplastic_vit.strategies.replay import Replay
 from metaplastic_vit.strategies.si import SI
 

@@ -5,15 +5,17 @@ import torch
 from conftest import run, tiny
 
 from metaplastic_vit.data import build_tasks, parse_task_sequence
+from metaplastic_vit.loop.checkpoint import Checkpointer
+from metaplastic_vit.loop.hooks import RunObserver, Strategy
+from metaplastic_vit.loop.precision import Precision
+from metaplastic_vit.loop.trainer import ContinualTrainer, TrainSettings
 from metaplastic_vit.models import create_model
 from metaplastic_vit.optim import metaplastic_adam
 from metaplastic_vit.record import RunRecord
-from metaplastic_vit.strategies.base import Plugin
-from metaplastic_vit.trainer import ContinualTrainer, Precision, TrainSettings
 
 
-class Recorder(Plugin):
-    """Records the hooks the trainer calls, in order."""
+class Recorder(Strategy, RunObserver):
+    """Records the hooks the trainer calls, in order: a strategy's and an observer's."""
 
     name = "recorder"
 
@@ -52,7 +54,7 @@ class Recorder(Plugin):
         self.steps = state["steps"]
 
 
-class Freeze(Plugin):
+class Freeze(Strategy):
     """An extra loss term that pins the head to zero, and a stream of only the first batch."""
 
     name = "freeze"
@@ -64,7 +66,7 @@ class Freeze(Plugin):
         return 1e6 * ctx.model.head.weight.square().sum()
 
 
-class SecretState(Plugin):
+class SecretState(Strategy):
     """Per-task state for task 0 only: the head zeroed (a task-aware test then predicts class 0)."""
 
     name = "secret"
@@ -86,7 +88,7 @@ class SecretState(Plugin):
         return Swap()
 
 
-def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), **settings):
+def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), checkpoint=True, **settings):
     torch.manual_seed(0)
     data = build_tasks(parse_task_sequence(tokens), "unused", None, False, "auto", None, torch.device("cpu"))
     model = create_model("vit", num_classes=data.num_classes, img_size=8, in_chans=1, patch_size=4, embed_dim=8,
@@ -96,17 +98,24 @@ def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), **setti
     template = RunRecord(status="running", config={"epochs_per_task": epochs}, tasks=[], scenario="domain",
                          net="vit", meta=0.0, seed=0, strategy="test")
     make = lambda m, task: metaplastic_adam(m, task, lr=0.01, weight_decay=0.0, meta=0.0)  # noqa: E731
-    return ContinualTrainer(model, data, make, plugins, TrainSettings(epochs, batch_size=200, **settings),
-                            tmp_path, "fp", template)
+    observers = [p for p in plugins if isinstance(p, RunObserver)]
+    return ContinualTrainer(model, data, make, plugins, observers, TrainSettings(epochs, batch_size=200, **settings),
+                            Checkpointer(tmp_path, "fp", checkpoint), template)
 
 
-def test_hooks_are_called_in_order(tmp_path):
+HOOK_ORDER = [("start", False), ("before_task", 0), ("epoch", 0, 0), ("after_task", 0), ("epoch", 0, 1),
+              ("task_end", 1), ("before_task", 1), ("epoch", 1, 0), ("after_task", 1), ("epoch", 1, 1),
+              ("task_end", 2), ("finish", "completed"), ("close",)]
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_hooks_are_called_in_one_order_whether_tested_in_the_loop_or_beside(tmp_path, beside):
+    """A task's last epoch is recorded (epoch, task_end) before the next task begins, in both testing modes."""
     rec = Recorder()
-    record = _trainer(tmp_path, [rec]).run()
-    assert record.status == "completed"
-    assert rec.calls == [("start", False), ("before_task", 0), ("epoch", 0, 0), ("after_task", 0), ("epoch", 0, 1),
-                         ("task_end", 1), ("before_task", 1), ("epoch", 1, 0), ("after_task", 1), ("epoch", 1, 1),
-                         ("task_end", 2), ("finish", "completed"), ("close",)]
+    trainer = _trainer(tmp_path, [rec], test_beside_training=beside)
+    record = trainer.run()
+    assert record.status == "completed" and trainer.tester.beside == beside
+    assert rec.calls == HOOK_ORDER
     assert rec.steps == 4 * 7  # 1294 training samples in batches of 200 (the last one merged)
 
 
@@ -128,6 +137,7 @@ def test_task_state_is_used_only_by_the_task_aware_test(tmp_path):
     assert beside.epochs == record.epochs and beside.acc_matrix_task_aware == record.acc_matrix_task_aware
     trainer = _trainer(tmp_path / "task", [SecretState()], checkpoint=False)
     trainer.data.scenario = type(trainer.data.scenario)("task")
+    trainer.tester.evaluator.data.scenario = trainer.data.scenario
     done = trainer.run()
     assert done.acc_matrix == done.acc_matrix_task_aware  # the task scenario tests with the task id
 
@@ -145,7 +155,7 @@ def test_plugin_state_survives_a_resume(tmp_path):
 
 def test_fp16_precision_trains_with_a_gradient_scaler(tmp_path):
     trainer = _trainer(tmp_path, [], epochs=1, tokens=("pdigits",), precision=Precision.fp16)
-    assert trainer.scaler is not None
+    assert trainer.parts.scaler is not None
     assert trainer.run().status == "completed"
 
 
@@ -160,9 +170,9 @@ def test_every_strategy_resumes_exactly(tmp_path, monkeypatch, strategy):
     reference = run(tmp_path / "reference", *args)
     original = ContinualTrainer._epoch
 
-    def stop_after_three(self):
-        original(self)
-        if len(self.state.epochs) == 3:
+    def stop_after_three(self, task, epoch):
+        original(self, task, epoch)
+        if len(self.history.epochs) == 3:
             raise Stop
     monkeypatch.setattr(ContinualTrainer, "_epoch", stop_after_three)
     with pytest.raises(Stop):
@@ -203,22 +213,19 @@ class StopAtStep(Recorder):
 
 def test_testing_beside_training_records_the_same_run(tmp_path):
     """Each epoch tested on a copy of the model in a second thread while the next one trains: the same
-    records and checkpoint as testing in the loop; the sinks hear of an epoch once the next has trained."""
+    records and checkpoint as testing in the loop."""
     inline, beside = Recorder(), Recorder()
     reference = _trainer(tmp_path / "inline", [inline]).run()
     trainer = _trainer(tmp_path / "beside", [beside], test_beside_training=True)
     record = trainer.run()
-    assert trainer._tester is not None and record.status == "completed"
+    assert trainer.tester.beside and record.status == "completed"
     assert record.epochs == reference.epochs and record.initial_acc == reference.initial_acc
     assert record.acc_matrix == reference.acc_matrix and record.val_acc_matrix == reference.val_acc_matrix
     assert record.acc_matrix_task_aware == reference.acc_matrix_task_aware
-    assert beside.calls == [("start", False), ("before_task", 0), ("epoch", 0, 0), ("after_task", 0),
-                            ("before_task", 1), ("epoch", 0, 1), ("task_end", 1), ("epoch", 1, 0),
-                            ("after_task", 1), ("epoch", 1, 1), ("task_end", 2), ("finish", "completed"),
-                            ("close",)]
+    assert beside.calls == inline.calls == HOOK_ORDER
     ours, theirs = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "beside",
                                                                                   tmp_path / "inline"))
-    for key in ("model", "plugins", "generator", "torch_rng"):
+    for key in ("model", "strategies", "generator", "torch_rng"):
         assert repr(ours[key]) == repr(theirs[key]), key
     assert repr(ours["optimizer"]) == repr(theirs["optimizer"])
 
@@ -230,7 +237,7 @@ def test_a_run_stopped_while_testing_beside_training_keeps_the_tested_epoch_and_
     with pytest.raises(Stop):
         _trainer(tmp_path / "run", [StopAtStep(17)], test_beside_training=True).run()  # 7 steps per epoch
     kept = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert len(kept["state"]["epochs"]) == 2 and kept["plugins"]["recorder"] == {"steps": 14}
+    assert len(kept["history"]["epochs"]) == 2 and kept["strategies"]["recorder"] == {"steps": 14}
     again = StopAtStep(None)
     resumed = _trainer(tmp_path / "run", [again], test_beside_training=True)
     assert resumed.restore()

@@ -8,6 +8,7 @@ training and a 64 px dataset is never stored at 224 px.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -210,7 +211,13 @@ class TaskSet:
     in_chans: int
     img_size: int
 
-    @property
+    def train_logits(self, logits: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """Logits as the training loss sees them: masked to each sample's task in the task scenario."""
+        if self.scenario != Scenario.task:
+            return logits
+        return logits.masked_fill(~self.task_masks[tasks], float("-inf"))
+
+    @functools.cached_property
     def task_masks(self) -> torch.Tensor:
         """(T, num_classes) booleans: the outputs each task may use when its identity is known."""
         masks = torch.zeros(len(self.tasks), self.num_classes, dtype=torch.bool, device=self.tasks[0].outputs.device)

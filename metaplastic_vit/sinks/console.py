@@ -10,8 +10,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from ..loop.hooks import RunObserver
 from ..record import EpochRecord, RunRecord
-from ..strategies.base import Plugin
+from . import register_sink
 
 
 class Progress(StrEnum):
@@ -23,6 +24,7 @@ class Progress(StrEnum):
     none = "none"
 
 
+@register_sink("console")
 @dataclass
 class ConsoleSinkConfig:
     """logger.console: progress output."""
@@ -53,10 +55,9 @@ def describe(record: RunRecord, write: Callable[[str], None]) -> None:
         write(f"validation ACC {fmt(record.val_avg_acc, False)} (choose hyper-parameters on this, not on the test)")
 
 
-class ConsoleSink(Plugin):
+class ConsoleSink(RunObserver):
     """Progress while training; the table when the run completes."""
 
-    name = "console"
 
     def __init__(self, run_dir: str | Path, progress: Progress | str = Progress.auto, stream: Any = None) -> None:
         self.stream = stream or sys.stdout

@@ -10,12 +10,14 @@ from typing import Any
 
 from .. import plots
 from ..atomic import atomic_write
+from ..loop.hooks import RunObserver
 from ..record import RESULTS, EpochRecord, RunRecord, write_record
-from ..strategies.base import Plugin
+from . import register_sink
 
 METRICS = "metrics.csv"
 
 
+@register_sink("files")
 @dataclass
 class LocalSinkConfig:
     """logger.files: the run directory's results files."""
@@ -30,20 +32,19 @@ def csv_rows(epochs: list[EpochRecord]) -> list[dict[str, Any]]:
     rows = []
     for e in epochs:
         row = {"task": e.task, "epoch": e.epoch, "train_loss": e.train_loss, "train_acc": e.train_acc,
-               "mean_seen_acc": e.mean_seen_acc, "lr": e.lr, "attenuated": e.attenuated}
+               "mean_seen_acc": e.mean_seen_acc, "lr": e.lr, "attenuated": e.diagnostics.attenuated}
         for prefix, accs in (("test_acc", e.test_acc), ("test_acc_task_aware", e.test_acc_task_aware),
                              ("val_acc", e.val_acc)):
             row.update({f"{prefix}_task{j}": a for j, a in enumerate(accs)})
-        for layer, values in e.layers.items():
+        for layer, values in e.diagnostics.layers.items():
             row.update({f"{layer}/{k}": v for k, v in values.items()})
         rows.append(row)
     return rows
 
 
-class LocalSink(Plugin):
+class LocalSink(RunObserver):
     """Writes the record as results.json and the epochs as metrics.csv, and the figures at the end."""
 
-    name = "files"
 
     def __init__(self, run_dir: str | Path, plots: bool = True) -> None:
         self.run_dir = Path(run_dir)

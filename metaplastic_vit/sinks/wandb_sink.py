@@ -20,8 +20,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import plots
+from ..loop.hooks import RunObserver
 from ..record import EpochRecord, RunRecord, flat_config
-from ..strategies.base import Plugin
+from . import register_sink
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class WandbMode(StrEnum):
     disabled = "disabled"
 
 
+@register_sink("wandb")
 @dataclass
 class WandbSinkConfig:
     """logger.wandb: the W&B run."""
@@ -84,10 +86,9 @@ def server_reachable(url: str, timeout: float) -> str | None:
     return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
-class WandbSink(Plugin):
+class WandbSink(RunObserver):
     """One W&B run per job, in the job's directory; resumed after a requeue; never fatal to training."""
 
-    name = "wandb"
 
     def __init__(self, run_dir: str | Path, mode: WandbMode | str = WandbMode.auto, project: str = "metaplastic-vit",
                  entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
@@ -154,9 +155,9 @@ class WandbSink(Plugin):
         for prefix, accs in (("test", epoch.test_acc), ("test_task_aware", epoch.test_acc_task_aware),
                              ("val", epoch.val_acc)):
             data.update({f"{prefix}/acc_task{j}": a for j, a in enumerate(accs)})
-        if epoch.attenuated is not None:
-            data["meta/attenuated"] = epoch.attenuated
-        for layer, values in epoch.layers.items():
+        if epoch.diagnostics.attenuated is not None:
+            data["meta/attenuated"] = epoch.diagnostics.attenuated
+        for layer, values in epoch.diagnostics.layers.items():
             data.update({f"meta/{layer}/{k}": v for k, v in values.items()})
         if self.run is not None:
             self._guard("log", self.run.log, data, len(record.epochs) - 1)
@@ -168,7 +169,7 @@ class WandbSink(Plugin):
         import numpy as np
         import wandb
 
-        last = record.epochs[-1].histograms or {}
+        last = record.epochs[-1].diagnostics.histograms or {}
         self.run.log({f"weights/{layer}": wandb.Histogram(np_histogram=(np.array(h["counts"]), np.array(h["edges"])))
                       for layer, h in last.items()}, commit=False)
 

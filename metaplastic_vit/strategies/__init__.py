@@ -1,15 +1,20 @@
-"""Training-loop plugins: the baselines (one module each, with its config schema), per-task state, diagnostics.
+"""The baselines: one module each, a `Strategy` (metaplastic_vit.loop.hooks) with its config schema.
 
-A new baseline is one module here (a `Plugin` subclass and its config dataclass decorated with
-`register_strategy`) plus one YAML file in conf/strategy/; `STRATEGIES` collects the schemas.
+A new baseline is one module here (a Strategy subclass, and its config dataclass decorated with
+`register_strategy`) plus one YAML file in conf/strategy/; `STRATEGIES` collects the schemas. A strategy is
+built with the model and the task set (`strategy(model=..., data=...)`), everything else from its config.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from torch import nn
+
+from ..data import Scenario
 
 STRATEGIES: dict[str, type] = {}  # strategy name -> its config dataclass (the schema of conf/strategy/<name>.yaml)
 
@@ -22,17 +27,21 @@ def register_strategy(name: str) -> Callable[[type], type]:
     return register
 
 
-@register_strategy("naive")
-@dataclass
-class NaiveConfig:
-    """strategy=naive: no protection besides metaplasticity."""
-
-    _target_: str = "metaplastic_vit.strategies.base.Naive"
-    _partial_: bool = True
-
-
 def load_all() -> dict[str, type]:
     """Import every strategy module (each registers its schema) and return the registry."""
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     return STRATEGIES
+
+
+def protected_parameters(model: nn.Module, scenario: Scenario) -> list[nn.Parameter]:
+    """The trainable parameters a weight-protection baseline (EWC, SI) guards: every one a task is tested with.
+
+    Per-task modules are left out only in the task scenario, where each task is tested with its own copy put
+    back; in the domain and class scenarios their live parameters serve every task, so they are protected like
+    any other shared parameter.
+    """
+    patterns = getattr(getattr(model, "net_spec", None), "per_task", ()) if scenario == Scenario.task else ()
+    per_task = {id(p) for n, m in model.named_modules() if n and any(fnmatch.fnmatchcase(n, q) for q in patterns)
+                for p in m.parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in per_task]

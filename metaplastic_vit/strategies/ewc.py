@@ -30,9 +30,9 @@ from .. import seeds
 from ..data import Batch, Scenario, TaskSet
 from ..data.loader import batch_bounds
 from ..errors import UserError
+from ..loop.hooks import Strategy, TaskContext
 from ..models import uses_batch_statistics
-from . import register_strategy
-from .base import Plugin, TaskContext, protected_parameters
+from . import protected_parameters, register_strategy
 
 
 class EWCMode(StrEnum):
@@ -174,7 +174,7 @@ def _fisher_in_batch(model: nn.Module, params: Sequence[nn.Parameter], batches: 
     return [f / max(seen, 1) for f in fisher]
 
 
-class EWC(Plugin):
+class EWC(Strategy):
     """Elastic weight consolidation over the parameters every task is tested with."""
 
     name = "ewc"

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..data import TaskSet
 from ..errors import UserError
+from ..loop.hooks import Strategy, TaskContext
 from . import register_strategy
-from .base import Plugin, TaskContext
 
 
 @register_strategy("freeze")
@@ -32,7 +32,7 @@ class FreezeConfig:
             raise UserError(f"strategy.after_task must be >= 1 (a task number), got {self.after_task}")
 
 
-class FreezeWeights(Plugin):
+class FreezeWeights(Strategy):
     """Sets requires_grad=False on every >= 2-D parameter once task `after_task` has been learned."""
 
     name = "freeze"

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..data import Batch, TaskSet
+from ..loop.hooks import Strategy, TaskContext
 from . import register_strategy
-from .base import Plugin, TaskContext
 
 
 @register_strategy("joint")
@@ -31,7 +31,7 @@ def concat(batches: list[Batch]) -> Batch:
     return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("x", "y", "task", "index")))
 
 
-class Joint(Plugin):
+class Joint(Strategy):
     """Batches of batch_size // T samples of each of the T tasks, for as long as the smallest task lasts."""
 
     name = "joint"

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..data import Batch, TaskSet
 from ..errors import UserError
+from ..loop.hooks import Strategy, TaskContext
 from . import register_strategy
-from .base import Plugin, TaskContext
 
 
 @register_strategy("lwf")
@@ -38,7 +38,7 @@ class LwFConfig:
             raise UserError(f"strategy.temperature must be > 0, got {self.temperature}")
 
 
-class LwF(Plugin):
+class LwF(Strategy):
     """Distils the model as it was at the start of the task into the model being trained."""
 
     name = "lwf"

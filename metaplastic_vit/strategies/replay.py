@@ -18,8 +18,8 @@ from torch import nn
 from .. import seeds
 from ..data import Batch, TaskSet
 from ..errors import UserError
+from ..loop.hooks import Strategy, TaskContext
 from . import register_strategy
-from .base import Plugin, TaskContext
 from .joint import concat
 
 
@@ -40,7 +40,7 @@ class ReplayConfig:
             raise UserError(f"strategy.replay_batch_size must be >= 1, got {self.replay_batch_size}")
 
 
-class Replay(Plugin):
+class Replay(Strategy):
     """Reservoir buffer of (task, position) references, replayed into every training batch."""
 
     name = "replay"

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..data import Batch, TaskSet
 from ..errors import UserError
-from . import register_strategy
-from .base import Plugin, TaskContext, protected_parameters
+from ..loop.hooks import Strategy, TaskContext
+from . import protected_parameters, register_strategy
 
 
 @register_strategy("si")
@@ -41,7 +41,7 @@ class SIConfig:
             raise UserError(f"strategy.damping must be > 0, got {self.damping}")
 
 
-class SI(Plugin):
+class SI(Strategy):
     """Synaptic intelligence over the parameters every task is tested with."""
 
     name = "si"

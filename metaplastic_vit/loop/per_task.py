@@ -7,6 +7,7 @@ and every test of the task scenario). Tests without the task id always see the l
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,18 +16,18 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import Plugin, TaskContext, matches
+from .hooks import Strategy, TaskContext
 
 State = dict[str, dict[str, torch.Tensor]]
 
 
-class PerTaskState(Plugin):
+class PerTaskState(Strategy):
     """Snapshots the modules matching `patterns` at each task's end; `task_state(j, model)` swaps task j's in."""
 
     name = "per_task"
 
     def __init__(self, model: nn.Module, patterns: Sequence[str]) -> None:
-        self.names = [n for n, _ in model.named_modules() if n and matches(n, patterns)]
+        self.names = [n for n, _ in model.named_modules() if n and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
         if not self.names:
             raise UserError(f"per_task patterns {list(patterns)} match no module of the model")
         self.model = model

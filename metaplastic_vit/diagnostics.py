@@ -1,4 +1,4 @@
-"""Diagnostics of the hidden weights, added to every epoch record (histograms at the task ends).
+"""Diagnostics of the hidden weights, the typed `diagnostics` field of every epoch record.
 
 Per layer: `attenuated` (share of hidden weights whose f_meta < 0.5: consolidated), `flipped` (share of signs
 changed since the task began) and `mean_abs` (mean |W_h|: metaplasticity only bites once it has grown).
@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..binarize import binary_modules
-from ..optim import MetaScale, attenuation
-from .base import Plugin, TaskContext
+from .binarize import binary_modules
+from .loop.hooks import Strategy, TaskContext
+from .optim import MetaScale, attenuation
+from .record import Diagnostics
 
 ATTENUATED_BELOW = 0.5  # f_meta below this counts a weight as consolidated
 
@@ -31,8 +32,11 @@ def _meta_of(optimizer: torch.optim.Optimizer) -> dict[int, tuple[float, bool]]:
             for g in optimizer.param_groups if g.get("meta", 0) for p in g["params"] if p.dim() >= 2}
 
 
-class Diagnostics(Plugin):
-    """Measures the hidden weights after every epoch and keeps their histograms at every task's end."""
+class HiddenWeightMonitor(Strategy):
+    """Measures the hidden weights after every epoch (`measure`), with their histograms at every task's end.
+
+    A strategy only in that it needs to know when a task starts (the signs it counts flips from) and to keep
+    that across a resume; it never changes training."""
 
     name = "diagnostics"
 
@@ -45,8 +49,9 @@ class Diagnostics(Plugin):
         self.task_start_signs = {n: m.weight.detach().sign().to(torch.int8) for n, m in self.layers.items()}
 
     @torch.no_grad()
-    def measure(self, ctx: TaskContext, task_end: bool) -> dict[str, Any]:  # noqa: D102
-        metas = _meta_of(ctx.optimizer)
+    def measure(self, optimizer: torch.optim.Optimizer, task_end: bool) -> Diagnostics:
+        """The hidden weights now, under `optimizer`'s metas; with their histograms at a task's end."""
+        metas = _meta_of(optimizer)
         layers = {}
         for name, module in self.layers.items():
             w = module.weight.detach()
@@ -58,12 +63,11 @@ class Diagnostics(Plugin):
                 "flipped": (w.sign().to(torch.int8) != start).float().mean().item() if start is not None else 0.0,
                 "mean_abs": w.abs().mean().item()}
         consolidated, total = 0, 0
-        for p in (p for g in ctx.optimizer.param_groups for p in g["params"] if id(p) in metas):
+        for p in (p for g in optimizer.param_groups for p in g["params"] if id(p) in metas):
             meta, relative = metas[id(p)]
             consolidated += (attenuation(p.detach(), meta, relative) < ATTENUATED_BELOW).sum().item()
             total += p.numel()
-        return {"layers": layers, "attenuated": consolidated / total if total else None,
-                "histograms": self.histograms() if task_end else None}
+        return Diagnostics(consolidated / total if total else None, layers, self.histograms() if task_end else None)
 
     @torch.no_grad()
     def histograms(self) -> dict[str, dict[str, list[float]]]:
