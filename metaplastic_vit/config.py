@@ -30,6 +30,7 @@ from .binarize import BinaryScale
 from .data.tasks import Scenario
 from .errors import UserError
 from .loop.precision import Precision
+from .models import MODELS, Norm
 from .optim import Implementation, MetaOn, MetaScale
 from .sinks import load_all as load_sinks
 from .strategies import load_all as load_strategies
@@ -40,6 +41,11 @@ NOT_SCIENTIFIC = {"scientific": False}  # field metadata: the key never changes 
 def scientific_when(key: str) -> dict[str, str]:
     """Field metadata: the key changes results only when config `key` is true."""
     return {"scientific": key}
+
+
+def _is_meta(value: Any) -> bool:
+    """Whether `value` is a metaplastic coefficient: a finite number >= 0."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _positive(name: str, value: float | int | None, minimum: float = 1, optional: bool = False) -> None:
@@ -61,7 +67,11 @@ class _NetConfig:
     binary_scale: BinaryScale | None = None
     per_task: list[str] | None = None  # modules kept once per task (task-aware tests only)
     frozen: list[str] | None = None  # parameters kept at their initial values (e.g. [pos_embed, cls_token])
-    norm: str | None = None  # null: the registry's; layer (per sample) or batch (running statistics)
+    norm: Norm | None = None  # null: the registry's; layer (per sample) or batch (running statistics)
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise UserError(f"unknown net {self.name!r}; choose one of {', '.join(MODELS)}")
 
 
 @dataclass
@@ -89,6 +99,7 @@ class MLPNetConfig(_NetConfig):
     transductive_bn: bool = False  # normalise each test batch with its own statistics (the paper's code)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise UserError(f"net.hidden must list layer widths >= 1, got {list(self.hidden)}")
 
@@ -105,6 +116,7 @@ class WalkNetConfig(_NetConfig):
     gelu: bool = False  # GELU between a block's two maps, as the ViT's MLP
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _positive("net.embed_dim", self.embed_dim)
         _positive("net.depth", self.depth)
         if self.mlp_ratio is not None and not self.mlp_ratio > 0:
@@ -133,6 +145,8 @@ class ArchConfig:
             _positive(f"arch.{key}", getattr(self, key))
         if not self.mlp_ratio > 0:
             raise UserError(f"arch.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.embed_dim % self.num_heads:
+            raise UserError(f"arch.num_heads {self.num_heads} does not divide arch.embed_dim {self.embed_dim}")
 
 
 @dataclass
@@ -178,6 +192,12 @@ class MetaplasticAdamConfig:
             raise UserError(f"optimizer.eps must be > 0, got {self.eps}")
         if self.meta_from_task < 0:
             raise UserError(f"optimizer.meta_from_task must be >= 0, got {self.meta_from_task}")
+        for group, spec in self.meta_layers.items():
+            if not isinstance(spec, dict) or set(spec) != {"patterns", "meta"}:
+                raise UserError(f"optimizer.meta_layers.{group} must be {{patterns: [fnmatch patterns], meta: number}}"
+                                f", got {spec!r}")
+            if not _is_meta(spec["meta"]):
+                raise UserError(f"optimizer.meta_layers.{group}.meta must be a number >= 0, got {spec['meta']!r}")
 
 
 @dataclass
@@ -221,9 +241,10 @@ class Config:
 
     def __post_init__(self) -> None:
         metas = list(self.meta) if isinstance(self.meta, list | tuple) else [self.meta]
-        if not metas or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) and m >= 0
-                                for m in metas):
+        if not metas or not all(_is_meta(m) for m in metas):
             raise UserError(f"meta must be a number >= 0 or a list of them, got {self.meta!r}")
+        if getattr(self.optimizer, "meta_layers", None) and isinstance(self.meta, list | tuple):
+            raise UserError("give layer-wise meta either as a list in meta or as optimizer.meta_layers, not both")
         if not self.lr > 0:
             raise UserError(f"lr must be > 0, got {self.lr}")
         if not self.gamma > 0:

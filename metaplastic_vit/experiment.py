@@ -22,7 +22,6 @@ from .loop.hooks import RunObserver, Strategy
 from .loop.per_task import PerTaskState
 from .loop.precision import Precision, resolve_precision
 from .loop.trainer import ContinualTrainer, TrainSettings
-from .models import resolve_spec
 from .optim import metaplastic_numel
 from .record import RunRecord
 from .runtime import Interrupts, RunDirectory
@@ -103,7 +102,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
     once the run owns its directory; `interrupts`: signals that stop the run.
     """
     settings = validate(cfg)
-    resolve_spec(settings.net.name)  # an unknown net is refused before any data is loaded
     tasks = parse_task_sequence(settings.task_sequence, seed=settings.seed,
                                 class_order_seed=settings.data.class_order_seed)
     device = resolve_device(settings.device)

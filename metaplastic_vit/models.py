@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import partial
 
 import torch
@@ -90,7 +91,13 @@ MODELS: dict[str, NetSpec] = {spec.name: spec for spec in (
           ("walk_gelu", BinaryScale.fan_in, "walk_vitwidth with GELU inside the blocks, as the ViT's MLP"))),
 )}
 
-NORMS = ("layer", "batch")
+class Norm(StrEnum):
+    """A net's normalisation: per sample (LayerNorm) or with running statistics (BatchNorm)."""
+
+    layer = "layer"
+    batch = "batch"
+
+
 VIT_ARCH = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "proj_bias", "class_token")
 MLP_ARCH = ("hidden", "transductive_bn")
 WALK_ARCH = ("embed_dim", "depth", "mlp_ratio", "residual", "prenorm", "gelu")
@@ -201,17 +208,9 @@ def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int =
                norm_affine: bool = True) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
-    for key, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
-                       ("depth", depth), ("num_heads", num_heads)):
-        if value < 1:
-            raise UserError(f"arch.{key} must be >= 1, got {value}")
-    if mlp_ratio <= 0:
-        raise UserError(f"arch.mlp_ratio must be > 0, got {mlp_ratio}")
-    if img_size % patch_size:
+    if img_size % patch_size:  # the image size may come from the data: the one arch rule the schema cannot check
         raise UserError(f"patch_size {patch_size} does not divide img_size {img_size}; "
                         f"choose a patch size among {[p for p in range(1, img_size + 1) if img_size % p == 0]}")
-    if embed_dim % num_heads:
-        raise UserError(f"num_heads {num_heads} does not divide embed_dim {embed_dim}")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                              embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                              qkv_bias=qkv_bias, proj_bias=proj_bias, class_token=class_token,
@@ -222,8 +221,6 @@ def _build_vit(img_size: int, in_chans: int, num_classes: int, patch_size: int =
 
 def _build_mlp(spec: NetSpec, img_size: int, in_chans: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
                transductive_bn: bool = False) -> nn.Module:
-    if not hidden or any(h < 1 for h in hidden):
-        raise UserError(f"net.hidden must list layer widths >= 1, got {list(hidden)}")
     if transductive_bn and spec.norm != "batch":
         raise UserError(f"net {spec.name!r} has no BatchNorm: transductive_bn does not apply")
     return MLP(in_chans * img_size * img_size, num_classes, hidden=tuple(hidden),
@@ -239,11 +236,8 @@ def resolve_spec(name: str, binary_weights: Sequence[str] | None = None, binary_
                  binary_scale: BinaryScale | str | None = None, per_task: Sequence[str] | None = None,
                  norm: str | None = None, norm_affine: bool | None = None,
                  frozen: Sequence[str] | None = None) -> NetSpec:
-    """The registry's spec of net `name` with the given policy fields replaced (None keeps the registry's)."""
-    if name not in MODELS:
-        raise UserError(f"unknown net {name!r}; choose one of {', '.join(MODELS)}")
-    if norm is not None and norm not in NORMS:
-        raise UserError(f"unknown net.norm {norm!r}; choose one of {', '.join(NORMS)}")
+    """The registry's spec of net `name` with the given policy fields replaced (None keeps the registry's); the
+    config's schema has checked the name and the values."""
     spec = MODELS[name]
     changes: dict[str, object] = {k: tuple(v) for k, v in (
         ("binary_weights", binary_weights), ("binary_inputs", binary_inputs), ("per_task", per_task),

@@ -138,23 +138,11 @@ class MetaplasticAdam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, meta: float = 0.0,
                  meta_scale: MetaScale | str = MetaScale.none,
                  implementation: Implementation | str = Implementation.auto) -> None:
-        if not lr > 0:
-            raise UserError(f"lr must be > 0, got {lr}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise UserError(f"betas must be two numbers in [0, 1), got {list(betas)}")
-        if not eps > 0:
-            raise UserError(f"eps must be > 0, got {eps}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, meta=meta,
                         meta_scale=MetaScale(meta_scale))
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_group(group)
         self.implementation = Implementation(implementation)
         self._compile_failed = False  # "auto" then stays on foreach
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:  # noqa: D102
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
 
     def compiles(self, params: list[torch.Tensor]) -> bool:
         """Whether a step call on `params` (tensors on one device) runs compiled."""
@@ -184,7 +172,7 @@ class MetaplasticAdam(Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = state["step"] + 1  # a new tensor: never shared with a loaded state dict
                 settings = (p.device, group["lr"], *group["betas"], group["eps"], group["weight_decay"],
-                            float(state["step"]), group["meta_scale"] == MetaScale.rms)
+                            float(state["step"]), MetaScale(group["meta_scale"]) == MetaScale.rms)
                 calls.setdefault(settings, []).append((p, float(group["meta"])))
         for (device, lr, beta1, beta2, eps, weight_decay, step, relative), members in calls.items():
             params = [p for p, _ in members]
@@ -222,17 +210,6 @@ class MetaplasticAdam(Optimizer):
         return True
 
 
-def _check_group(group: dict[str, Any]) -> None:
-    meta = group["meta"]
-    if isinstance(meta, bool) or not isinstance(meta, int | float) or not math.isfinite(meta) or meta < 0:
-        raise UserError(f"meta must be a finite number >= 0, got {meta!r}")
-    try:
-        group["meta_scale"] = MetaScale(group["meta_scale"])
-    except ValueError:
-        raise UserError(f"unknown meta_scale {group['meta_scale']!r}; choose one of "
-                        f"{', '.join(s.value for s in MetaScale)}") from None
-
-
 def meta_targets(model: nn.Module, meta_on: MetaOn | str) -> list[tuple[str, nn.Parameter]]:
     """The trained weight tensors metaplasticity acts on, in model order: every parameter with >= 2 dimensions
     (meta_on="all", the paper's rule) or only the binary layers' weights (meta_on="binary")."""
@@ -259,8 +236,6 @@ def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaO
             raise UserError(f"meta has {len(metas)} values but the model has {len(targets)} metaplastic weight "
                             f"tensors (optimizer.meta_on={MetaOn(meta_on).value}): {names}")
     if meta_layers:
-        if not isinstance(meta, int | float):
-            raise UserError("give layer-wise meta either as a list in meta or as optimizer.meta_layers, not both")
         metas = _layer_metas([n for n, _ in targets], metas, meta_layers)
     by_meta: dict[float, list[nn.Parameter]] = {}
     for (_, p), m in zip(targets, metas, strict=True):
@@ -284,12 +259,7 @@ def _layer_metas(names: list[str], metas: list[float], meta_layers: Mapping[str,
     metas = list(metas)
     owner: dict[str, str] = {}
     for group, spec in meta_layers.items():
-        if not isinstance(spec, Mapping) or set(spec) != {"patterns", "meta"}:
-            raise UserError(f"optimizer.meta_layers.{group} must be {{patterns: [fnmatch patterns], meta: number}}, "
-                            f"got {spec!r}")
         value = spec["meta"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise UserError(f"optimizer.meta_layers.{group}.meta must be a number >= 0, got {value!r}")
         hits = [i for i, n in enumerate(names) if any(fnmatch.fnmatchcase(n, p) for p in spec["patterns"])]
         if not hits:
             raise UserError(f"optimizer.meta_layers.{group} matches no metaplastic weight tensor; names: "

@@ -24,7 +24,10 @@ from . import metrics
 from .atomic import atomic_write
 
 FORMAT = 3
-RESULTS = "results.json"
+# The files a run writes into its directory, and those a search writes into its sweep directory
+RESULTS = "results.json"  # the record
+METRICS = "metrics.csv"  # the record's epochs as a table
+CHECKPOINT = "checkpoint.pt"  # the training state, to resume
 SEARCH = "search.json"  # a search's objectives, directions, budget, seeds and space (hydra/sweeper=optuna)
 TRIALS = "trials.json"  # a search's trials: values, objectives and their standard errors, run directories
 STATUSES = ("running", "completed", "failed", "interrupted")

@@ -519,6 +519,8 @@ def wandb_report(entity: str, project: str, group: str | None = None, nets: Sequ
     import wandb_workspaces.reports.v2 as wr
     from wandb_workspaces import expr
 
+    from .sinks.wandb_sink import MEAN_SEEN, task_metric
+
     filters = []
     if group:
         filters.append(expr.Metric("Group") == group)
@@ -528,10 +530,10 @@ def wandb_report(entity: str, project: str, group: str | None = None, nets: Sequ
                        groupby=["config.meta"])
     panels = [
         wr.LinePlot(title="mean test accuracy over the tasks seen so far (run's scenario)", x="Step",
-                    y=["test/mean_seen_acc"], groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
-        wr.LinePlot(title="test accuracy on task 1 (run's scenario)", x="Step", y=["test/acc_task0"],
+                    y=[MEAN_SEEN], groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
+        wr.LinePlot(title="test accuracy on task 1 (run's scenario)", x="Step", y=[task_metric("test", 0)],
                     groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
-        wr.LinePlot(title="validation accuracy on task 1 (choose meta on this)", x="Step", y=["val/acc_task0"],
+        wr.LinePlot(title="validation accuracy on task 1 (choose meta on this)", x="Step", y=[task_metric("val", 0)],
                     groupby="meta", groupby_aggfunc="mean", groupby_rangefunc="stddev"),
         wr.BarPlot(title="ACC after the last task", metrics=[wr.SummaryMetric("avg_acc"),
                                                              wr.SummaryMetric("avg_acc_task_aware")]),

@@ -23,14 +23,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import leftovers
 from .errors import UserError
+from .record import CHECKPOINT, METRICS, RESULTS
 
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
 LOG = "run.log"
-# temporary files of atomic writes (metaplastic_vit.atomic) that a killed process leaves behind
-LEFTOVERS = (".checkpoint.pt-*.tmp", ".results.json-*.tmp", ".metrics.csv-*.tmp")
+# temporary files of atomic writes that a killed process leaves behind
+LEFTOVERS = tuple(leftovers(name) for name in (CHECKPOINT, RESULTS, METRICS))
 
 
 def process_age() -> float | None:

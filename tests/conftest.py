@@ -1,21 +1,17 @@
 import json
-import os
-import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from metaplastic_vit.config import register
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-# A tiny experiment on the embedded digits: seconds, not minutes.
-TINY = ["epochs_per_task=2", "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1",
-        "batch_size=200", "logger.files.plots=false", "logger.console.progress=none", "threads=1"]
+# The debug preset (conf/preset/debug.yaml), a tiny experiment on the embedded digits, on one thread.
+TINY = ["+preset=debug", "threads=1"]
 
 register()
 
@@ -45,17 +41,6 @@ def tiny(*overrides):
     """TINY with `overrides` replacing the keys they name."""
     keys = {o.lstrip("+").split("=")[0] for o in overrides}
     return [*(t for t in TINY if t.split("=")[0] not in keys), *overrides]
-
-
-def run_cli(args, out_dir, env=None, timeout=300, check=False):
-    """Run `python run.py ARGS` with outputs under `out_dir`; returns the CompletedProcess."""
-    full_env = {**os.environ, "METAPLASTIC_OUTPUT": str(out_dir), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-                **(env or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def read_results(run_dir):

@@ -1,6 +1,6 @@
 """The command-line contract, through the real entry point: exit codes, one-line errors, reruns, sweeps, kills."""
 
-import os
+import contextlib
 import signal
 import subprocess
 import sys
@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import ROOT, TINY, read_results, run, tiny
+from helpers import epochs_recorded, start_cli, wait_until
 
 
 def test_a_run_prints_its_table_writes_its_results_and_is_not_retrained(cli):
@@ -57,15 +58,11 @@ def test_nan_loss_fails_cleanly_with_exit_3(cli, tmp_path):
 
 def _run_and_kill(args, run_dir, after_records, delay):
     """Start run.py, SIGKILL it once metrics.csv has `after_records` rows (plus `delay` seconds)."""
-    env = {**os.environ, "METAPLASTIC_OUTPUT": str(run_dir.parent)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / "metrics.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= after_records:
-            break
-        time.sleep(0.02)
+    proc = start_cli([*args, f"hydra.run.dir={run_dir}"], run_dir.parent, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    with contextlib.suppress(AssertionError):  # a run that ends first is reported, not waited for
+        wait_until(lambda: epochs_recorded(run_dir) >= after_records, f"epoch {after_records}", proc=proc,
+                   interval=0.02)
     time.sleep(delay)
     finished = proc.poll() is not None
     proc.send_signal(signal.SIGKILL)

@@ -1,5 +1,7 @@
 """Bad input is refused with one clear message before any data is loaded or anything is written."""
 
+import itertools
+
 import pytest
 from conftest import ROOT, composer, config, run, tiny
 from hydra.errors import HydraException
@@ -26,6 +28,15 @@ BEFORE_DATA = [
     (["device=tpu"], "unknown device 'tpu'"),
     (["precision=fp8"], "Invalid value 'fp8', expected one of [auto, fp32, bf16, fp16]"),
     (["net.name=cnn"], "unknown net 'cnn'; choose one of vit, bvit"),
+    (["net.norm=group"], "Invalid value 'group', expected one of [layer, batch]"),
+    (["arch.num_heads=3"], "arch.num_heads 3 does not divide arch.embed_dim 16"),
+    (["meta=nan"], "meta must be a number >= 0 or a list of them, got nan"),
+    (["meta=true"], "meta must be a number >= 0 or a list of them, got True"),
+    (["meta=[1,2]", "+optimizer.meta_layers.x={patterns:[head.*],meta:1}"],
+     "give layer-wise meta either as a list in meta or as optimizer.meta_layers, not both"),
+    (["+optimizer.meta_layers.x={pattern:[head.*],meta:1}"], "optimizer.meta_layers.x must be {patterns"),
+    (["+optimizer.meta_layers.x={patterns:[head.*],meta:-1}"], "optimizer.meta_layers.x.meta must be a number >= 0"),
+    (["optimizer.eps=0"], "optimizer.eps must be > 0, got 0.0"),
     (["net.binary_scale=big"], "Invalid value 'big', expected one of [none, fan_in, mean_abs]"),
     (["net=bnn", "net.hidden=[]"], "net.hidden must list layer widths >= 1, got []"),
     (["arch.num_heads=0"], "arch.num_heads must be >= 1, got 0"),
@@ -93,28 +104,30 @@ def test_hydras_multi_line_errors_become_one_line():
     assert "\n" in str(info.value) and "\n" not in one_line(info.value)
 
 
-def test_every_named_sweep_composes_with_its_parameters():
+def test_every_named_sweep_composes_with_every_value_of_its_parameters():
     with composer() as compose_with:
-        for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        for path in sorted((ROOT / "sweeps" / "grid").glob("*.yaml")):
             full = compose_with(f"+sweep={path.stem}", return_hydra_config=True)
             params = full.hydra.sweeper.get("params") or {}
-            for values in zip(*(str(v).split(",") for v in params.values()), strict=False):  # first, second, ...
-                overrides = (f"{k}={v}" for k, v in zip(params, values, strict=True))
+            for values in itertools.product(*(str(v).split(",") for v in params.values())):  # every job
+                overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
                 experiment.validate(compose_with(f"+sweep={path.stem}", *overrides))
 
 
-def test_every_candidate_arm_baseline_and_search_composes():
+def test_every_candidate_arm_baseline_probe_and_search_composes():
     from omegaconf import OmegaConf
 
     baselines = sorted(p.stem for p in (ROOT / "sweeps" / "baseline").glob("*.yaml"))
     assert baselines == ["ewc", "joint", "lwf", "replay", "si"]
     with composer() as compose_with:
         for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
-            validated = OmegaConf.load(path).get("tags", {}).get("validated", {})
-            arms = ("validated", "no_meta") if "meta" in validated else ("no_meta",)
+            validated = (OmegaConf.load(path).get("tags") or {}).get("validated", {})
+            arms = ("validated", "no_meta") if "meta" in validated else ()
             arms += ("validated_layers",) if {"attn", "io"} <= validated.keys() else ()
             for arm in arms:
                 experiment.validate(compose_with(f"+candidate={path.stem}", f"+arm={arm}"))
+            for probe in ("freeze", "late") if "meta" in validated else ():
+                experiment.validate(compose_with(f"+candidate={path.stem}", f"+probe={probe}"))
             for baseline in sorted(validated.keys() & set(baselines)):  # the strengths chosen for this candidate
                 cfg = compose_with(f"+candidate={path.stem}", f"+baseline={baseline}")
                 experiment.validate(cfg)
@@ -122,7 +135,8 @@ def test_every_candidate_arm_baseline_and_search_composes():
         for baseline in ("replay", "joint"):  # no strength: the same for every candidate
             assert experiment.validate(compose_with("+candidate=bvit_full", f"+baseline={baseline}")).meta == 0
         for path in sorted((ROOT / "sweeps" / "search").glob("*.yaml")):
-            experiment.validate(compose_with(f"+search={path.stem}"))
+            experiment.validate(compose_with(f"+search={path.stem}", "+candidate=bvit_full_layerwise")
+                                if path.stem == "meta_layers" else compose_with(f"+search={path.stem}"))
         assert experiment.validate(compose_with("+candidate=bnn", "+arm=no_meta")).meta == 0
 
 

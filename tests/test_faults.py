@@ -3,36 +3,16 @@
 import errno
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import ROOT, config, read_results, run, tiny
+from conftest import config, read_results, run, tiny
+from helpers import epochs_recorded, start_cli, wait_until
 
 from metaplastic_vit import atomic, experiment
 from metaplastic_vit.errors import DataError, EnvironmentFaultError, UserError
 from metaplastic_vit.loop.hooks import RunObserver
 from metaplastic_vit.runtime import InterruptedRunError, Interrupts, RunDirectory, RunDirectoryBusyError
-
-
-def _cli(args, out, **kw):
-    env = {**os.environ, "METAPLASTIC_OUTPUT": str(out), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-           **kw.pop("env", {})}
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
-                            stdout=kw.pop("stdout", subprocess.PIPE), stderr=subprocess.PIPE, **kw)
-
-
-def _wait_for_epochs(run_dir, n, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    metrics = run_dir / "metrics.csv"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= n:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run did not reach epoch {n} in time")
-
 
 # ------------------------------------------------------------------ one run per directory
 
@@ -40,7 +20,7 @@ def _wait_for_epochs(run_dir, n, proc, timeout=120):
 def test_a_second_run_in_an_owned_directory_is_refused_at_once(tmp_path):
     run_dir = tmp_path / "run"
     with RunDirectory(run_dir):  # this test process owns it, as a running experiment would
-        proc = _cli([*tiny(), f"hydra.run.dir={run_dir}"], tmp_path)
+        proc = start_cli([*tiny(), f"hydra.run.dir={run_dir}"], tmp_path)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     (line,) = err.strip().splitlines()
@@ -50,11 +30,11 @@ def test_a_second_run_in_an_owned_directory_is_refused_at_once(tmp_path):
 
 def test_a_refused_resume_leaves_hydras_record_untouched(tmp_path):
     run_dir = tmp_path / "run"
-    first = _cli([*tiny("epochs_per_task=1"), f"hydra.run.dir={run_dir}"], tmp_path)
+    first = start_cli([*tiny("epochs_per_task=1"), f"hydra.run.dir={run_dir}"], tmp_path)
     assert first.wait(timeout=120) == 0
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     assert run_dir / ".hydra" / "config.yaml" in before and run_dir / ".hydra" / "overrides.yaml" in before
-    refused = _cli([*tiny("epochs_per_task=1", "lr=0.01"), f"hydra.run.dir={run_dir}"], tmp_path)
+    refused = start_cli([*tiny("epochs_per_task=1", "lr=0.01"), f"hydra.run.dir={run_dir}"], tmp_path)
     _, err = refused.communicate(timeout=120)
     assert refused.returncode == 2 and "holds a checkpoint of a different experiment" in err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
@@ -109,8 +89,8 @@ def test_a_signal_stops_at_the_next_batch_and_the_run_resumes_exactly(tmp_path, 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_the_command_line_says_how_to_resume_after_a_signal(tmp_path, signum, code):
     run_dir = tmp_path / "run"
-    proc = _cli([*tiny("epochs_per_task=10"), f"hydra.run.dir={run_dir}"], tmp_path)
-    _wait_for_epochs(run_dir, 2, proc)
+    proc = start_cli([*tiny("epochs_per_task=10"), f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_until(lambda: epochs_recorded(run_dir) >= 2, "the run's second epoch", proc=proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
@@ -142,7 +122,7 @@ def test_a_full_disk_fails_the_run_with_its_reason_and_keeps_the_last_checkpoint
 
 
 def test_a_read_only_output_directory_is_one_line(tmp_path):
-    proc = _cli(tiny(), "/sys/metaplastic-vit-outputs")  # not writable, even for root
+    proc = start_cli(tiny(), "/sys/metaplastic-vit-outputs")  # not writable, even for root
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 4
     (line,) = err.strip().splitlines()
@@ -167,7 +147,7 @@ def test_an_unreadable_data_root_is_named(tmp_path, monkeypatch):
 def test_a_closed_stdout_does_not_stop_training(tmp_path):
     """`python run.py | head -1`: the pipe closes after one line; the run still completes, silently."""
     run_dir = tmp_path / "run"
-    proc = _cli([*tiny("logger.console.progress=lines"), f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = start_cli([*tiny("logger.console.progress=lines"), f"hydra.run.dir={run_dir}"], tmp_path)
     proc.stdout.readline()
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)

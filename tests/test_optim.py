@@ -114,12 +114,7 @@ def test_state_dict_round_trip():
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("meta", [-1.0, float("nan"), "big", True])
-def test_bad_meta_is_rejected(meta):
-    with pytest.raises(UserError, match="meta must be a finite number >= 0"):
-        MetaplasticAdam([torch.zeros(2, 2, requires_grad=True)], meta=meta)
-
-
+@pytest.mark.slow  # compiling the step on a CPU takes half a minute
 def test_compiled_matches_foreach():
     pytest.importorskip("torch._inductor")
     ps = _params()
@@ -250,9 +245,3 @@ def test_layer_wise_meta_by_named_groups():
                                          "b": {"patterns": ["*.qkv.*"], "meta": 2.0}})
     with pytest.raises(UserError, match="meta_layers.x matches no metaplastic weight tensor"):
         param_groups(model, 1.0, "all", {"x": {"patterns": ["blocks.*.norm1.*"], "meta": 1.0}})
-    with pytest.raises(UserError, match=r"meta_layers.x must be \{patterns"):
-        param_groups(model, 1.0, "all", {"x": {"pattern": ["head.*"], "meta": 1.0}})
-    with pytest.raises(UserError, match="meta_layers.x.meta must be a number >= 0"):
-        param_groups(model, 1.0, "all", {"x": {"patterns": ["head.*"], "meta": -1}})
-    with pytest.raises(UserError, match="either as a list in meta or as optimizer.meta_layers"):
-        param_groups(model, [1.0] * 12, "all", {"x": {"patterns": ["head.*"], "meta": 1.0}})

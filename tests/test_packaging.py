@@ -15,7 +15,7 @@ def test_the_wheel_carries_its_config_and_runs_from_anywhere(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("metaplastic_vit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"metaplastic_vit/conf/config.yaml", "metaplastic_vit/conf/net/bvit_full_ln.yaml",
-            "metaplastic_vit/conf/sweep/seed_grid.yaml"} <= names
+            "metaplastic_vit/conf/sweep/seed_project.yaml"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)

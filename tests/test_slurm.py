@@ -4,25 +4,25 @@ They skip when no cluster is reachable, except in CI (CI set), where a missing S
 """
 
 import json
-import math
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, read_results, run, run_cli
+from conftest import ROOT, read_results, run
+from helpers import epochs_recorded, run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.slurm
 
-# A node without GPUs and little memory: the local test cluster.
+# A node without GPUs and little memory: the local test cluster. The tests folder is on the jobs' PYTHONPATH
+# for the HoldFirstAttempt sink (tests/helpers.py).
 SLURM_ENV = {"METAPLASTIC_SLURM_GPUS": "0", "METAPLASTIC_SLURM_CPUS": "1", "METAPLASTIC_SLURM_MEM_GB": "1",
-             "METAPLASTIC_SLURM_TIMEOUT_MIN": "10"}
-# a tiny bvit on two permuted digits tasks; epochs_per_task sets how long a job trains
-RUN = ["net=bvit", "task_sequence=[pdigits,pdigits]", "arch.embed_dim=16", "arch.depth=1",
-       "batch_size=200", "logger.files.plots=false"]
+             "METAPLASTIC_SLURM_TIMEOUT_MIN": "10", "PYTHONPATH": str(ROOT / "tests")}
+# the first attempt of a job waits after its second epoch until the scheduler signals it
+HOLD = "+logger.hold={_target_:helpers.HoldFirstAttempt,_partial_:true,after:2}"
+# the debug preset's tiny bvit on two permuted digits tasks; epochs_per_task sets how long a job trains
+RUN = ["+preset=debug", "net=bvit"]
 
 
 def _cluster_up() -> str | None:
@@ -51,10 +51,8 @@ def _job_logs(out: Path) -> str:
 
 
 def test_two_job_sweep_runs_as_slurm_jobs(tmp_path):
-    start = time.monotonic()
     proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, "meta=0,1.35", "epochs_per_task=2"], tmp_path,
                    env=SLURM_ENV, check=True)
-    elapsed = time.monotonic() - start
     results = sorted(tmp_path.glob("multirun/*/*/results.json"))
     assert len(results) == 2, proc.stdout + proc.stderr
     assert sorted(read_results(p.parent)["meta"] for p in results) == [0, 1.35]
@@ -67,19 +65,15 @@ def test_two_job_sweep_runs_as_slurm_jobs(tmp_path):
                            text=True)
     assert "mvit-adhoc" in acct.stdout + sacct.stdout
     assert "Exiting after successful completion" in _job_logs(tmp_path)
-    print(f"two-job Slurm sweep: {elapsed:.1f} s")
 
 
-def _running_job(out: Path, timeout: float = 120) -> str:
-    """Wait for the sweep's (single) job to have finished two epochs; return its Slurm id."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _held_job(out: Path, proc) -> str:
+    """Wait for the sweep's (single) job to be held after its second epoch; return its Slurm id."""
+    def held():
         metrics = list(out.glob("multirun/*/*/metrics.csv"))
         dirs = [p for p in out.glob("multirun/*/.submitit/*") if p.is_dir()]
-        if metrics and dirs and len(metrics[0].read_text().splitlines()) >= 3:
-            return dirs[0].name
-        time.sleep(0.1)
-    raise AssertionError("the Slurm job did not start training in time")
+        return dirs[0].name if metrics and dirs and epochs_recorded(metrics[0].parent) >= 2 else None
+    return wait_until(held, "the Slurm job's second epoch", timeout=180, proc=proc, interval=0.1)
 
 
 def _reference(tmp_path, extra=()):
@@ -88,51 +82,38 @@ def _reference(tmp_path, extra=()):
 
 
 def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
+    """The job waits after its second epoch (HoldFirstAttempt) until it is sent what a preempting scheduler
+    sends; requeued, it resumes and ends with the uninterrupted run's results."""
     out = tmp_path / "sweep"
-    env = {**os.environ, **SLURM_ENV, "METAPLASTIC_OUTPUT": str(out)}
-    start = time.monotonic()
-    extra = ["meta=1.35", "epochs_per_task=15"]  # seconds of training: time to be signalled mid-run
-    sweep = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=slurm", *RUN, *extra],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job = _running_job(out)
+    extra = ["meta=1.35", "epochs_per_task=4"]
+    sweep = start_cli(["-m", "hydra/launcher=slurm", *RUN, *extra, HOLD], out, env=SLURM_ENV,
+                      stderr=subprocess.STDOUT)
+    job = _held_job(out, sweep)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what a preempting scheduler sends
     log, _ = sweep.communicate(timeout=300)
-    elapsed = time.monotonic() - start
     assert sweep.returncode == 0, log
     (path,) = out.glob("multirun/*/*/results.json")
     res = read_results(path.parent)
-    assert res["status"] == "completed" and len(res["resumes"]) == 1
+    assert res["status"] == "completed" and res["resumes"] == [{"task": 1, "epoch": 0}]
     logs = _job_logs(out)
     assert "Requeued job" in logs and "resuming from" in logs and "at task" in logs
     expected = _reference(tmp_path, extra)
     assert res["epochs"] == expected["epochs"] and res["acc_matrix"] == expected["acc_matrix"]
-    print(f"preempt-resume cycle: {elapsed:.1f} s, resumed at {res['resumes']}")
-
-
-def _epochs_for(tmp_path, seconds: float) -> int:
-    """Epochs per task for which RUN trains about `seconds` on this machine (measured here, on one thread)."""
-    probe = run(tmp_path / "probe", *RUN, "epochs_per_task=2", "threads=1").to_dict()
-    per_epoch = (probe["train_time_s"] + probe["eval_time_s"]) / 4  # two tasks x two epochs
-    return max(40, math.ceil(seconds / (2 * per_epoch)))
 
 
 def test_timed_out_job_is_requeued_and_completes(tmp_path):
-    # Time limit 1 min, USR2 asked 10 s before it. slurmctld checks limits every 30 s and sends the signal at
-    # the first check at or after limit - delay - 30 s (measured here: asked @15 -> sent 30 s or 16 s into the
-    # job, @20 -> 30 s, @30 -> 26 s), so each attempt is signalled 20-50 s after it starts and killed at the
-    # first check after 60 s, >= 10 s later. (With @30 the signal could come at 0 s, before submitit had
-    # installed its handler, and the job was killed instead of requeued.) The job trains ~70 s (sized on
-    # this machine's speed), so the first attempt is still running at its signal even if it runs faster than
-    # the probe, and it takes a few attempts. (That a resumed job ends with the uninterrupted results is
-    # checked against a reference by the preemption test above.)
-    epochs = _epochs_for(tmp_path, 70)
-    proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, "meta=1.35", f"epochs_per_task={epochs}",
+    """Time limit 1 min, USR2 asked 10 s before it: slurmctld checks limits every 30 s and sends the signal at the
+    first check at or after limit - delay - 30 s, so 20-50 s into the attempt. The first attempt waits after its
+    second epoch (HoldFirstAttempt) until that signal comes, whatever this machine's speed, so it is requeued as
+    timed out and the second attempt resumes and completes. (That a resumed job ends with the uninterrupted
+    results is checked against a reference by the preemption test above.)"""
+    proc = run_cli(["-m", "hydra/launcher=slurm", *RUN, "meta=1.35", "epochs_per_task=3", HOLD,
                     "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10"], tmp_path / "sweep",
-                   env=SLURM_ENV, check=True, timeout=500)
+                   env=SLURM_ENV, check=True, timeout=400)
     (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")
     res = read_results(path.parent)
-    assert res["status"] == "completed" and res["resumes"], proc.stdout
-    assert len(res["epochs"]) == 2 * epochs and len(res["acc_matrix"]) == 2
+    assert res["status"] == "completed" and res["resumes"] == [{"task": 1, "epoch": 0}], proc.stdout
+    assert len(res["epochs"]) == 6 and len(res["acc_matrix"]) == 2
     assert "this job is timed-out" in _job_logs(tmp_path / "sweep")
 
 

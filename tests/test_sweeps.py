@@ -1,15 +1,14 @@
 """Sweeps that search and launchers that spread jobs: the Optuna search sweeper and the parallel local launcher."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, read_results, tiny
+from helpers import epochs_recorded, start_cli, wait_until
 
 from metaplastic_vit.report import build_report
 from metaplastic_vit.runtime import RunDirectory
@@ -26,20 +25,15 @@ def test_slots_spread_jobs_over_gpus_and_pack_them():
     assert len(slots([], 1, None, 2, 8)) == 1
 
 
-def _cli(args, out, **kw):
-    env = {**os.environ, "METAPLASTIC_OUTPUT": str(out), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
-
-
 def test_the_local_launcher_gives_each_job_its_gpu_and_a_safe_shared_cache(tmp_path):
     """Four jobs at once, two per (listed) GPU, all building the same dataset cache on first use."""
     from fakes import write_fake_mnist
 
     write_fake_mnist(tmp_path / "data", n_train=300, n_test=100)
-    proc = _cli(["-m", "hydra/launcher=local", "hydra.launcher.gpus=[0,1]", "hydra.launcher.jobs_per_gpu=2",
+    proc = start_cli(["-m", "hydra/launcher=local", "hydra.launcher.gpus=[0,1]", "hydra.launcher.jobs_per_gpu=2",
                  "meta=0,1,2,3", f"data.root={tmp_path / 'data'}", "arch.patch_size=7", "device=cpu",
-                 *tiny("epochs_per_task=1", "task_sequence=[pmnist,pmnist]")], tmp_path / "out")
+                 *tiny("epochs_per_task=1", "task_sequence=[pmnist,pmnist]")], tmp_path / "out",
+                     stderr=subprocess.STDOUT)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log
     results = {read_results(p.parent)["meta"]: read_results(p.parent)
@@ -63,34 +57,31 @@ def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
     args = ["-m", "+search=meta_front", "hydra/launcher=local", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.seeds=[100]",
             "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=15")]
-    proc = _cli(args, out)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    proc = start_cli(args, out, stderr=subprocess.STDOUT)
+
+    def second_pair_training():
         (search_dir,) = list(out.glob("search/search_meta_front/*")) or [None]
         if search_dir and sum(t["state"] == "COMPLETE" for t in _trials(search_dir)) == 2:
-            running = [p for p in search_dir.glob("*/metrics.csv")
-                       if read_results(p.parent)["status"] == "running" and len(p.read_text().splitlines()) > 2]
-            if len(running) == 2:
-                break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the second pair of trials did not start training in time")
+            running = [p.parent for p in search_dir.glob("*/metrics.csv")
+                       if read_results(p.parent)["status"] == "running" and epochs_recorded(p.parent) > 1]
+            return (search_dir, running) if len(running) == 2 else None
+        return None
+    search_dir, running = wait_until(second_pair_training, "the second pair of trials training", timeout=240,
+                                     proc=proc, interval=0.2)
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, log
     assert "Traceback" not in log, log  # the jobs and their controllers stop quietly
     assert [ln for ln in log.splitlines() if ln.startswith("error:")] == [
         "error: interrupted by SIGTERM: the last checkpoint is kept; run the same command again to resume"]
-    interrupted = [p.parent for p in running]
+    interrupted = running
     for job in interrupted:  # the jobs were stopped with the sweep: their directories are free again
-        deadline = time.monotonic() + 60
-        while read_results(job)["status"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda job=job: read_results(job)["status"] != "running", f"{job.name} stopping", timeout=60)
         with RunDirectory(job):
             pass
     assert [t["state"] for t in _trials(search_dir)] == ["COMPLETE", "COMPLETE"]
 
-    again = _cli(args, out)
+    again = start_cli(args, out, stderr=subprocess.STDOUT)
     log, _ = again.communicate(timeout=300)
     assert again.returncode == 0, log
     trials = _trials(search_dir)

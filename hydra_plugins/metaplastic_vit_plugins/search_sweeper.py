@@ -20,8 +20,6 @@ Search spaces use Hydra's override grammar: `choice(a, b)`, `range(1, 8)`, `inte
 log-uniformly between 1 and 300.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import logging
@@ -29,10 +27,12 @@ import math
 import statistics
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
@@ -53,6 +53,24 @@ from metaplastic_vit.record import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptunaSearchSweeperConf:
+    """hydra/sweeper=optuna: a resumable search on validation metrics (see the module's doc)."""
+
+    _target_: str = "hydra_plugins.metaplastic_vit_plugins.search_sweeper.OptunaSearchSweeper"
+    objectives: list[str] = field(default_factory=lambda: ["val_avg_acc"])  # validation metrics of results.json
+    directions: list[str] | None = None  # null: maximize every objective
+    n_trials: int = 20  # finished trials the study ends with, over every run of the command
+    n_jobs: int = 1  # trials launched together (the launcher runs their jobs in parallel where it can)
+    sampler: str = "tpe"  # tpe | random | qmc (quasi-random: even coverage of the space) | nsgaii
+    seed: int = 0  # the sampler's (each trial's draw is seeded from it and the trial's number)
+    startup_trials: int = 4  # tpe: random trials before it models the objective (small budgets want few)
+    seeds: list[int] | None = None  # run seeds of every trial, objectives averaged over them; null: the config's
+    allow_test_objective: bool = False  # true lets a test-set metric be the objective (results tuned on the test)
+    study_name: str | None = None  # null: the sweep directory's name
+    params: dict[str, Any] = field(default_factory=dict)  # key: search space, in Hydra's override grammar
 
 JOURNAL = "study.journal"
 ZERO_ARM = "zero"
@@ -330,3 +348,7 @@ def recorded_objectives(run_dir: Path, objectives: Sequence[str]) -> tuple[int, 
     if record.status != "completed" or any(not isinstance(v, int | float) for v in values):
         return None
     return record.seed, [float(v) for v in values]
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSearchSweeperConf,
+                             provider="metaplastic_vit")

@@ -18,10 +18,9 @@ from torch import nn
 
 from ..atomic import save_torch
 from ..errors import UserError
-from ..record import EpochRecord, RunRecord, epoch_from_dict
+from ..record import CHECKPOINT, EpochRecord, RunRecord, epoch_from_dict
 from .hooks import Strategy
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = 3
 
 

@@ -11,10 +11,8 @@ from typing import Any
 from .. import plots
 from ..atomic import atomic_write
 from ..loop.hooks import RunObserver
-from ..record import RESULTS, EpochRecord, RunRecord, write_record
+from ..record import METRICS, RESULTS, EpochRecord, RunRecord, write_record
 from . import register_sink
-
-METRICS = "metrics.csv"
 
 
 @register_sink("files")

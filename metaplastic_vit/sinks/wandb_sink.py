@@ -27,6 +27,12 @@ from . import register_sink
 log = logging.getLogger(__name__)
 
 WANDB_ID = "wandb_run_id.txt"
+MEAN_SEEN = "test/mean_seen_acc"  # the metric names W&B reports (metaplastic_vit.report) build on
+
+
+def task_metric(split: str, task: int) -> str:
+    """The name of task `task`'s accuracy on `split` (test, test_task_aware, val) after every epoch."""
+    return f"{split}/acc_task{task}"
 DEFAULT_URL = "https://api.wandb.ai"
 
 
@@ -150,11 +156,11 @@ class WandbSink(RunObserver):
 
     def epoch(self, epoch: EpochRecord, record: RunRecord) -> None:  # noqa: D102
         data: dict[str, Any] = {"task": epoch.task, "epoch": epoch.epoch, "train/loss": epoch.train_loss,
-                                "train/acc": epoch.train_acc, "test/mean_seen_acc": epoch.mean_seen_acc,
+                                "train/acc": epoch.train_acc, MEAN_SEEN: epoch.mean_seen_acc,
                                 "lr": epoch.lr}
         for prefix, accs in (("test", epoch.test_acc), ("test_task_aware", epoch.test_acc_task_aware),
                              ("val", epoch.val_acc)):
-            data.update({f"{prefix}/acc_task{j}": a for j, a in enumerate(accs)})
+            data.update({task_metric(prefix, j): a for j, a in enumerate(accs)})
         if epoch.diagnostics.attenuated is not None:
             data["meta/attenuated"] = epoch.diagnostics.attenuated
         for layer, values in epoch.diagnostics.layers.items():
