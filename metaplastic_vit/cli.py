@@ -43,8 +43,9 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    # submitit owns SIGTERM in its jobs (Slurm's requeue after USR2); everywhere else it stops the run cleanly
-    signals = (signal.SIGINT, signal.SIGHUP) if os.environ.get("SUBMITIT_EXECUTOR") else STOP_SIGNALS
+    # submitit owns SIGTERM in Slurm jobs (it must outlive the SIGTERM that precedes a requeue); everywhere else,
+    # local launcher jobs included (their sweep stops them with it), it stops the run cleanly
+    signals = (signal.SIGINT, signal.SIGHUP) if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else STOP_SIGNALS
     try:
         with Interrupts(signals) as interrupts:
             record = run_experiment(

@@ -1,6 +1,7 @@
 """What several tests need: running the command line (in the foreground or the background) and waiting on a run."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from metaplastic_vit.loop.hooks import RunObserver
+from metaplastic_vit.runtime import InterruptedRunError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,17 +57,30 @@ def epochs_recorded(run_dir) -> int:
 class HoldFirstAttempt(RunObserver):
     """A sink for the launcher tests (`+logger.hold={_target_:helpers.HoldFirstAttempt,_partial_:true}`, with the
     tests folder on PYTHONPATH): the first attempt of a run stops at its `after`-th recorded epoch and waits there
-    until a signal ends the process (a Slurm time limit, a preemption); a resumed attempt runs through. So a job
-    is still running when the scheduler's signal comes, however fast the machine."""
+    until a signal ends the process (a Slurm time limit, a preemption, an interrupted sweep); a resumed attempt
+    runs through. With `once_completed`, only runs that find that many completed runs beside them in the sweep
+    directory are held. So a job is still running when the signal comes, however fast the machine."""
 
-    def __init__(self, run_dir, after: int = 1) -> None:
-        self.after = after
+    def __init__(self, run_dir, after: int = 1, once_completed: int = 0) -> None:
+        self.after, self.once_completed = after, once_completed
+        self.sweep_dir = Path(run_dir).parent
         self.resumed = False
 
     def start(self, record, resumed) -> None:  # noqa: D102
         self.resumed = resumed
 
+    def _completed_beside(self) -> int:
+        return sum('"status": "completed"' in p.read_text() for p in self.sweep_dir.glob("*/results.json"))
+
     def epoch(self, epoch, record) -> None:  # noqa: D102
-        if not self.resumed and len(record.epochs) == self.after:
-            while True:  # a signal's handler (submitit's requeue) ends the process from here
-                time.sleep(0.1)
+        if (not self.resumed and len(record.epochs) == self.after
+                and self._completed_beside() >= self.once_completed):
+            def stop(signum, frame):  # as the run would stop at its next batch
+                raise InterruptedRunError(signum)
+            previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                while True:  # a signal ends the run from here (submitit's requeue after USR2, or `stop`)
+                    time.sleep(0.1)
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)

@@ -94,7 +94,7 @@ def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
     assert sweep.returncode == 0, log
     (path,) = out.glob("multirun/*/*/results.json")
     res = read_results(path.parent)
-    assert res["status"] == "completed" and res["resumes"] == [{"task": 1, "epoch": 0}]
+    assert res["status"] == "completed" and res["resumes"] == [{"task": 0, "epoch": 2}]
     logs = _job_logs(out)
     assert "Requeued job" in logs and "resuming from" in logs and "at task" in logs
     expected = _reference(tmp_path, extra)
@@ -112,7 +112,7 @@ def test_timed_out_job_is_requeued_and_completes(tmp_path):
                    env=SLURM_ENV, check=True, timeout=400)
     (path,) = (tmp_path / "sweep").glob("multirun/*/*/results.json")
     res = read_results(path.parent)
-    assert res["status"] == "completed" and res["resumes"] == [{"task": 1, "epoch": 0}], proc.stdout
+    assert res["status"] == "completed" and res["resumes"] == [{"task": 0, "epoch": 2}], proc.stdout
     assert len(res["epochs"]) == 6 and len(res["acc_matrix"]) == 2
     assert "this job is timed-out" in _job_logs(tmp_path / "sweep")
 

@@ -52,12 +52,14 @@ def _trials(search_dir):
 
 def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
     """A 4-trial stability-plasticity search, two trials at a time through the local launcher: stopped while
-    its second pair trains, then run again with the same command."""
+    its second pair trains (each of those waits after its second epoch, HoldFirstAttempt, so they are surely
+    running), then run again with the same command."""
     out = tmp_path / "out"
+    hold = "+logger.hold={_target_:helpers.HoldFirstAttempt,_partial_:true,after:2,once_completed:2}"
     args = ["-m", "+search=meta_front", "hydra/launcher=local", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-            "hydra.sweeper.seeds=[100]",
-            "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=15")]
-    proc = start_cli(args, out, stderr=subprocess.STDOUT)
+            "hydra.sweeper.seeds=[100]", "net=bnn", "net.hidden=[64]", *tiny("epochs_per_task=3"), hold]
+    env = {"PYTHONPATH": str(ROOT / "tests")}
+    proc = start_cli(args, out, env=env, stderr=subprocess.STDOUT)
 
     def second_pair_training():
         (search_dir,) = list(out.glob("search/search_meta_front/*")) or [None]
@@ -81,7 +83,7 @@ def test_an_interrupted_search_continues_to_exactly_its_trial_budget(tmp_path):
             pass
     assert [t["state"] for t in _trials(search_dir)] == ["COMPLETE", "COMPLETE"]
 
-    again = start_cli(args, out, stderr=subprocess.STDOUT)
+    again = start_cli(args, out, env=env, stderr=subprocess.STDOUT)
     log, _ = again.communicate(timeout=300)
     assert again.returncode == 0, log
     trials = _trials(search_dir)
