@@ -59,6 +59,10 @@ class Evaluator:
                  eval_threads: int | None = None) -> None:
         self.data = data
         self.masks = data.task_masks
+        # whether a task's output mask leaves every output (the domain scenario): then masked and unmasked
+        # predictions are one computation, and the task-aware test of a task without per-task state is the
+        # scenario's test
+        self.masks_change_nothing = bool(self.masks.all())
         self.has_val = all(len(t.splits["val"]) for t in data.tasks)
         self.eval_set = EvalSet(data.tasks, batch_size, mix_tasks=mix_tasks)
         self.strategies = list(strategies)
@@ -72,21 +76,23 @@ class Evaluator:
 
     def _count(self, segments: list[tuple[int, str]], logits_of: Logits) -> tuple[list[int], list[int]]:
         """Correct predictions of `logits_of` on each (task, split) segment, without and with each task's
-        output mask, in as few batches as the test batch size allows."""
+        output mask, in as few batches as the test batch size allows (one count where masks change nothing)."""
         device = self.masks.device
         plain = torch.zeros(len(segments), dtype=torch.long, device=device)
-        masked = torch.zeros(len(segments), dtype=torch.long, device=device)
+        masked = plain if self.masks_change_nothing else torch.zeros_like(plain)
         for batch, segment in self.eval_set.chunks(segments):
             logits = logits_of(batch.x)
             plain.index_add_(0, segment, (logits.argmax(1) == batch.y).long())
-            hits = logits.masked_fill(~self.masks[batch.task], float("-inf")).argmax(1) == batch.y
-            masked.index_add_(0, segment, hits.long())
-        return plain.tolist(), masked.tolist()
+            if masked is not plain:
+                hits = logits.masked_fill(~self.masks[batch.task], float("-inf")).argmax(1) == batch.y
+                masked.index_add_(0, segment, hits.long())
+        counts = plain.tolist()
+        return counts, counts if masked is plain else masked.tolist()
 
     def _percent(self, correct: int, task: int, split: str) -> float:
         return 100.0 * correct / max(len(self.data.tasks[task].splits[split]), 1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def test(self, logits_of: Logits, states: States) -> Evaluation:
         """The three tests of every task through `logits_of` (the model in eval mode), given each task's
         per-task state (None: the live one).
