@@ -13,6 +13,10 @@ class TrainingFailedError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); results.json says `failed` and the last checkpoint is kept."""
 
 
+class RunPruned(Exception):  # noqa: N818 - a decision, not an error
+    """A search's pruner stopped the run early (its trial looks worse than the others); the run ends `pruned`."""
+
+
 class EnvironmentFaultError(RuntimeError):
     """The machine failed the run (disk full, read-only or unreadable files); the last checkpoint is kept."""
 

@@ -30,7 +30,7 @@ METRICS = "metrics.csv"  # the record's epochs as a table
 CHECKPOINT = "checkpoint.pt"  # the training state, to resume
 SEARCH = "search.json"  # a search's objectives, directions, budget, seeds and space (hydra/sweeper=optuna)
 TRIALS = "trials.json"  # a search's trials: values, objectives and their standard errors, run directories
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "pruned", "failed", "interrupted")
 # The record's validation metrics: what a search may optimise (the test metrics are only reported)
 VALIDATION_METRICS = ("val_avg_acc", "val_old_acc", "val_new_acc")
 

@@ -343,6 +343,7 @@ class Search:
     directions: list[str]
     seeds: list[int | None]
     trials: list[dict[str, Any]]  # COMPLETE trials: number, params, values, stderr, run_dirs, test numbers (means)
+    pruned: list[dict[str, Any]] = field(default_factory=list)  # trials the search's pruner stopped early
 
     def front(self) -> list[dict[str, Any]]:
         """The trials no other trial beats in every objective (in the objectives' directions)."""
@@ -390,7 +391,8 @@ def load_search(path: Path) -> Search | None:
         return None
     trials = [{**t, **_test_numbers(t.get("run_dirs", []))} for t in rows
               if t.get("state") == "COMPLETE" and t.get("values")]
-    return Search(path, spec["objectives"], spec["directions"], spec.get("seeds", [None]), trials)
+    return Search(path, spec["objectives"], spec["directions"], spec.get("seeds", [None]), trials,
+                  [t for t in rows if t.get("state") == "PRUNED"])
 
 
 def _params(trial: dict[str, Any]) -> str:
@@ -419,7 +421,10 @@ def search_section(search: Search, out: Path) -> tuple[list[str], list[Path]]:
     over = (f"each trial's mean over its runs at seeds {', '.join(map(str, seeds))} ± the standard error of that "
             "mean" if len(seeds) > 1 else f"one run per trial (seed {seeds[0] if seeds else 'of the config'})")
     lines = [f"## Search {search.path.name}: {what}", "",
-             f"{len(search.trials)} finished trials, chosen on {', '.join(search.objectives)} (validation: {over}); "
+             f"{len(search.trials)} finished trials"
+             + (f" and {len(search.pruned)} pruned (stopped early by the search's pruner: "
+                f"{', '.join(_params(t) for t in search.pruned)})" if search.pruned else "")
+             + f", chosen on {', '.join(search.objectives)} (validation: {over}); "
              "the test columns (means over the same runs) are reported for the chosen trials only, never used to "
              "choose them.", "", markdown_table(head, rows), ""]
     figures = []

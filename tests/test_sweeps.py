@@ -157,8 +157,8 @@ def test_quasi_random_trials_cover_a_log_range_evenly(tmp_path):
 SEARCH = ["-m", "+search=meta", "net=bnn", "net.hidden=[16]", *tiny("epochs_per_task=1", "task_sequence=[pdigits]")]
 
 
-def _search(cli, *args):
-    proc = cli(*SEARCH, *args)
+def _search(cli, *args, base=SEARCH):
+    proc = cli(*base, *args)
     assert proc.returncode == 0, proc.stderr
     (trials,) = cli.out.glob("search/search_meta/*/trials.json") if "hydra.sweep.dir" not in str(args) else [
         next(a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")) + "/trials.json"]
@@ -200,3 +200,26 @@ def test_a_search_refuses_a_test_set_objective(cli):
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert "'avg_acc' is measured on the test set" in line and "allow_test_objective=true" in line
     assert not list(cli.out.rglob("results.json"))
+
+
+def test_a_pruned_trial_stops_early_is_marked_everywhere_and_counts_toward_the_budget(cli):
+    """median pruning on each epoch's validation accuracy: a pruned trial's runs end `pruned` with the reason,
+    trials.json and the report mark it, and a continued search keeps its decisions (the basic launcher runs the
+    jobs one after another, so the pruner's decisions are deterministic)."""
+    base = ["-m", "+search=meta", "net=bnn", "net.hidden=[32]", *tiny("epochs_per_task=3")]  # 6 epochs a run
+    prune = ["hydra.sweeper.pruner=median", "hydra.sweeper.startup_trials=2", "hydra.sweeper.seeds=[100,101]",
+             f"hydra.sweep.dir={cli.out}/p"]
+    _search(cli, *prune, "hydra.sweeper.n_trials=4", base=base)
+    trials = _search(cli, *prune, "hydra.sweeper.n_trials=6", base=base)
+    states = [t["state"] for t in trials]
+    assert len(trials) == 6 and "PRUNED" in states and states[:2] == ["COMPLETE", "COMPLETE"]
+    for t in (t for t in trials if t["state"] == "PRUNED"):
+        records = [read_results(d) for d in t["run_dirs"]]
+        assert all(r["status"] == "pruned" and "pruned by the search's median pruner" in r["reason"] for r in records)
+        assert all(len(r["epochs"]) < 6 for r in records)  # stopped before the end
+    report = build_report([cli.out / "p"], cli.out / "report")
+    (search,) = report["searches"]
+    assert len(search.pruned) == states.count("PRUNED")
+    assert f"and {len(search.pruned)} pruned" in (cli.out / "report" / "report.md").read_text()
+    proc = cli(*SEARCH, "hydra.sweeper.pruner=median", "hydra.sweeper.objectives=[val_old_acc,val_new_acc]")
+    assert proc.returncode == 2 and "a search on several objectives cannot prune" in proc.stderr

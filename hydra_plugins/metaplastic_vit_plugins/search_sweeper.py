@@ -51,6 +51,7 @@ from metaplastic_vit.record import (
     RunRecord,
     read_record,
 )
+from metaplastic_vit.sinks.trial import PRUNERS
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class OptunaSearchSweeperConf:
     startup_trials: int = 4  # tpe: random trials before it models the objective (small budgets want few)
     seeds: list[int] | None = None  # run seeds of every trial, objectives averaged over them; null: the config's
     allow_test_objective: bool = False  # true lets a test-set metric be the objective (results tuned on the test)
+    # none | median (stop a trial below the median of earlier trials at the same epoch) | hyperband, on each
+    # epoch's validation accuracy; a pruned trial's runs end with status `pruned`
+    pruner: str = "none"
+    prune_warmup_epochs: int = 0  # epochs a trial always trains before it may be pruned
     study_name: str | None = None  # null: the sweep directory's name
     params: dict[str, Any] = field(default_factory=dict)  # key: search space, in Hydra's override grammar
 
@@ -164,8 +169,9 @@ class OptunaSearchSweeper(Sweeper):
 
     def __init__(self, objectives: Sequence[str] = ("val_avg_acc",), directions: Sequence[str] | None = None,
                  n_trials: int = 20, n_jobs: int = 1, sampler: str = "tpe", seed: int = 0, startup_trials: int = 4,
-                 seeds: Sequence[int] | None = None, allow_test_objective: bool = False,
-                 study_name: str | None = None, params: dict[str, Any] | None = None) -> None:
+                 seeds: Sequence[int] | None = None, allow_test_objective: bool = False, pruner: str = "none",
+                 prune_warmup_epochs: int = 0, study_name: str | None = None,
+                 params: dict[str, Any] | None = None) -> None:
         self.objectives = list(objectives)
         self.directions = list(directions or ["maximize"] * len(self.objectives))
         if len(self.directions) != len(self.objectives):
@@ -178,6 +184,12 @@ class OptunaSearchSweeper(Sweeper):
         self.sampler = sampler
         self.seed = seed
         self.startup_trials = startup_trials
+        if pruner not in PRUNERS:
+            raise UserError(f"unknown pruner {pruner!r}; choose one of {', '.join(PRUNERS)}")
+        if pruner != "none" and len(self.objectives) > 1:
+            raise UserError("a search on several objectives cannot prune (Optuna prunes on one): set "
+                            "hydra.sweeper.pruner=none")
+        self.pruner, self.prune_warmup_epochs = pruner, prune_warmup_epochs
         self.seeds = list(seeds) if seeds else [None]
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"hydra.sweeper.seeds lists a seed twice: {list(seeds or [])}")
@@ -246,7 +258,10 @@ class OptunaSearchSweeper(Sweeper):
                 run_dirs[trial.number] = [str(r.hydra_cfg.hydra.runtime.output_dir) for r in mine]
                 values = [recorded_objectives(Path(d), self.objectives) if r.status == JobStatus.COMPLETED else None
                           for r, d in zip(mine, run_dirs[trial.number], strict=True)]
-                if any(v is None for v in values):
+                if any(pruned(Path(d)) for d in run_dirs[trial.number]):
+                    study.tell(trial.number, state=TrialState.PRUNED)
+                    log.info("search: trial %d pruned", trial.number)
+                elif any(v is None for v in values):
                     study.tell(trial.number, state=TrialState.FAIL)
                     log.warning("search: trial %d failed (see %s)", trial.number, ", ".join(run_dirs[trial.number]))
                 else:
@@ -281,11 +296,10 @@ class OptunaSearchSweeper(Sweeper):
 
     def _launch(self, sweep_dir: Path, fixed: list[str], batch: list[Any]) -> dict[int, list[JobReturn]]:
         """Every job of the batch (one per trial and seed) in one launch; each trial's results in seed order."""
-        quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")
-        jobs = [(t.number, [*fixed, f"hydra.sweep.dir='{quoted}'",  # the jobs' sweep directory, resolved once
+        jobs = [(t.number, [*fixed, f"hydra.sweep.dir={_quoted(sweep_dir)}",  # the jobs' sweep dir, resolved once
                             *(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in trial_values(t).items()),
-                            *([] if seed is None else [f"seed={seed}"])])
-                for t in batch for seed in self.seeds]
+                            *([] if seed is None else [f"seed={seed}"]), *self._reporter(sweep_dir, t.number, k)])
+                for t in batch for k, seed in enumerate(self.seeds)]
         overrides = [o for _, o in jobs]
         self.validate_batch_is_legal(overrides)
         results = self.launcher.launch(overrides, initial_job_idx=min(t.number for t in batch) * len(self.seeds))
@@ -293,6 +307,17 @@ class OptunaSearchSweeper(Sweeper):
         for (number, _), result in zip(jobs, results, strict=True):
             by_trial.setdefault(number, []).append(result)
         return by_trial
+
+    def _reporter(self, sweep_dir: Path, number: int, seed_index: int) -> list[str]:
+        """With a pruner, the override adding the sink that reports the job's epochs to trial `number` (the
+        first seed's job reports, every job follows the pruner's decision)."""
+        if self.pruner == "none":
+            return []
+        fields = {"_target_": "metaplastic_vit.sinks.trial.TrialReporter", "_partial_": "true",
+                  "journal": _quoted(sweep_dir / JOURNAL), "study": _quoted(self.study_name or sweep_dir.name),
+                  "number": number, "report": str(seed_index == 0).lower(), "pruner": self.pruner,
+                  "startup_trials": self.startup_trials, "warmup_epochs": self.prune_warmup_epochs}
+        return ["+logger.trial={" + ",".join(f"{k}:{v}" for k, v in fields.items()) + "}"]
 
     @staticmethod
     def _run_dirs(sweep_dir: Path) -> dict[int, list[str]]:
@@ -331,6 +356,19 @@ class OptunaSearchSweeper(Sweeper):
 def counted(trials: Sequence[Any]) -> list[Any]:
     """The finished trials that count toward the budget: every finished one but repeats of earlier values."""
     return [t for t in trials if t.state.is_finished() and DUPLICATE not in t.user_attrs]
+
+
+def _quoted(value: Any) -> str:
+    """`value` as a quoted string of Hydra's override grammar."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def pruned(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` was stopped by the search's pruner."""
+    try:
+        return read_record(run_dir / RESULTS).status == "pruned"
+    except (OSError, MalformedRecordError):
+        return False
 
 
 def standard_error(values: Sequence[float]) -> float | None:

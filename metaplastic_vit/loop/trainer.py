@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from .. import seeds
 from ..data import TaskSet
 from ..diagnostics import HiddenWeightMonitor
-from ..errors import EnvironmentFaultError
+from ..errors import EnvironmentFaultError, RunPruned
 from ..models import uses_batch_statistics
 from ..record import EpochRecord, RunRecord
 from ..runtime import InterruptedRunError, process_age
@@ -131,6 +131,11 @@ class ContinualTrainer:
                     self._epoch(task, epoch)
             finally:
                 self._record(self.tester.settle())  # an epoch tested beside the one that failed or stopped is kept
+        except RunPruned as exc:
+            record = self.record("pruned", str(exc))
+            for observer in self.observers:
+                observer.finish(record)
+            return record
         except NonFiniteLossError as exc:
             self._finish("failed", f"{exc}; the last good checkpoint is kept")
             raise
