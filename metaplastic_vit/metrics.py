@@ -52,7 +52,10 @@ def forward_transfer(r: Matrix, initial: Sequence[float]) -> float | None:
 
 
 def summary(r: Matrix, initial: Sequence[float] | None = None) -> dict[str, float | None]:
-    """ACC, BWT, forgetting and (with `initial`) FWT of an accuracy matrix."""
+    """ACC, BWT, forgetting and (with `initial`) FWT of an accuracy matrix; a matrix of one column (a stream:
+    the whole test set after every part) has only ACC, its last value."""
+    if r and all(len(row) == 1 for row in r) and len(r) > 1:
+        return {"avg_acc": r[-1][0], "bwt": None, "forgetting": None, "fwt": None}
     return {
         "avg_acc": average_accuracy(r),
         "bwt": backward_transfer(r),

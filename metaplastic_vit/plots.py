@@ -52,7 +52,7 @@ def accuracy_curves(record: RunRecord) -> Figure:
     """Test accuracy of every task after every epoch (the run's own protocol), task boundaries marked."""
     fig, ax = pyplot().subplots(figsize=(7, 4))
     xs = np.arange(1, len(record.epochs) + 1)
-    for j, name in enumerate(record.tasks):
+    for j, name in enumerate(record.columns or record.tasks):
         ax.plot(xs, [e.test_acc[j] for e in record.epochs], label=name, linewidth=1.5)
     task_boundaries(ax, record.epochs)
     ax.set_xlabel("epoch (all tasks, in training order)")
@@ -65,16 +65,17 @@ def accuracy_curves(record: RunRecord) -> Figure:
     return fig
 
 
-def matrix_heatmap(ax: Axes, matrix: Sequence[Sequence[float]], names: Sequence[str], title: str | None = None
-                   ) -> Any:
-    """Draw an accuracy matrix into `ax`, one cell per (trained task, tested task); returns the image."""
+def matrix_heatmap(ax: Axes, matrix: Sequence[Sequence[float]], names: Sequence[str], title: str | None = None,
+                   columns: Sequence[str] | None = None) -> Any:
+    """Draw an accuracy matrix into `ax`, one cell per (trained task, tested column: a task, or a stream's whole
+    test set); returns the image."""
     r = np.array(matrix, dtype=float)
     im = ax.imshow(r, vmin=0, vmax=100, cmap="viridis")
     for i in range(r.shape[0]):
         for j in range(r.shape[1]):
             ax.text(j, i, f"{r[i, j]:.0f}", ha="center", va="center", fontsize=8,
                     color="white" if r[i, j] < 60 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(r.shape[1]), columns or names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(r.shape[0]), names[:r.shape[0]], fontsize=8)
     ax.set_xlabel("tested task")
     ax.set_ylabel("after training task")
@@ -91,7 +92,7 @@ def accuracy_matrices(record: RunRecord) -> Figure:
     t = len(record.tasks)
     fig, axes = pyplot().subplots(1, len(panels), figsize=((1.2 * t + 2.5) * len(panels), 1.0 * t + 2), squeeze=False)
     for k, (ax, (matrix, title)) in enumerate(zip(axes.flat, panels, strict=True)):
-        im = matrix_heatmap(ax, matrix, record.tasks, title=title)
+        im = matrix_heatmap(ax, matrix, record.tasks, title=title, columns=record.columns or record.tasks)
         if k:  # the rows are the same tasks: named once, on the left
             ax.set_ylabel("")
             ax.set_yticklabels([])

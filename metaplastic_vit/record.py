@@ -79,13 +79,17 @@ class RunRecord:
 
     status: str
     config: dict[str, Any]
-    tasks: list[str]
+    tasks: list[str]  # the rows of the accuracy matrices: after training each task
     scenario: str
     net: str
     meta: float | list[float]
     seed: int
     strategy: str
     science: dict[str, Any] = field(default_factory=dict)  # the settings that change results, flat (config.science)
+    # the matrices' columns, what was tested: every task, or a stream's whole test set (then the matrices are
+    # one column: the accuracy after every part of the stream, a curve)
+    columns: list[str] = field(default_factory=list)
+    stream: bool = False
     run_dir: str = ""
     sweep: str | None = None  # <sweep_name>-<sweep dir> for a multirun job (the default W&B group)
     device: str = "cpu"
@@ -229,10 +233,10 @@ def record_from_dict(data: Any) -> RunRecord:
         raise MalformedRecordError(f"missing {', '.join(missing)}")
     if data["status"] not in STATUSES or not isinstance(data["tasks"], list) or not isinstance(data["config"], dict):
         raise MalformedRecordError("status, tasks or config has the wrong type")
-    t = len(data["tasks"])
+    t, c = len(data["tasks"]), len(data.get("columns") or data["tasks"])
     for key in ("acc_matrix", "acc_matrix_task_aware", "val_acc_matrix"):
-        if not _matrix_ok(data.get(key, []), t, t if key != "val_acc_matrix" or data.get(key) else None):
-            raise MalformedRecordError(f"{key} is not a matrix of numbers with {t} columns")
+        if not _matrix_ok(data.get(key, []), t, c if key != "val_acc_matrix" or data.get(key) else None):
+            raise MalformedRecordError(f"{key} is not a matrix of numbers with {c} columns")
     try:
         epochs = [epoch_from_dict(e) for e in data.get("epochs", [])]
         return RunRecord(**{k: v for k, v in data.items() if k in names and k != "epochs"}, epochs=epochs)

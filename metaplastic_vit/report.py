@@ -283,6 +283,37 @@ def acc_vs_meta(keys: list[str], groups: list[Group], path: Path) -> Path | None
     return plots.save(fig, path)
 
 
+def stream_curves(keys: list[str], groups: list[Group], path: Path) -> Path | None:
+    """Streams (stream:<dataset>:<N>): test accuracy on the whole test set after every part (mean over seeds, 95%
+    intervals), one line per setting, beside the same nets trained on the whole dataset at once (their final
+    accuracy, dashed): the paper's stream-learning figure."""
+    streams = [g for g in groups if g.runs[0].record.stream]
+    if not streams:
+        return None
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, g in enumerate(streams):
+        curves = np.array([[row[0] for row in r.record.acc_matrix] for r in g.runs])
+        label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "stream"
+        x = np.arange(1, curves.shape[1] + 1)
+        mean = curves.mean(0)
+        ax.plot(x, mean, "-", color=f"C{k}", label=label)
+        if len(g.runs) > 1:
+            half = [mean_interval(list(col))[1] for col in curves.T]
+            ax.fill_between(x, mean - half, mean + half, color=f"C{k}", alpha=0.15)
+    wholes = [g for g in groups if not g.runs[0].record.stream and len(g.runs[0].record.tasks) == 1]
+    for k, g in enumerate(wholes, start=len(streams)):
+        label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True))
+        ax.axhline(g.stats["avg_acc"][0], color=f"C{k}", linestyle="--", label=f"whole dataset: {label}")
+    ax.set_xlabel("parts of the training set learned")
+    ax.set_ylabel("test accuracy on the whole test set (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("stream learning: accuracy after every part (mean over seeds, 95% intervals)", fontsize=10)
+    return plots.save(fig, path)
+
+
 def task1_curves(keys: list[str], groups: list[Group], path: Path) -> Path:
     """Test accuracy on task 1 through the whole run (mean over seeds), one panel per setting other than meta."""
     plt = plots.pyplot()
@@ -324,7 +355,8 @@ def matrix_grid(keys: list[str], groups: list[Group], path: Path) -> Path:
         record = g.runs[0].record
         mean = np.mean([r.record.acc_matrix for r in g.runs], axis=0).tolist()
         title = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "all runs"
-        im = plots.matrix_heatmap(ax, mean, record.tasks, title=f"{title}\n(tested: {record.tested})")
+        im = plots.matrix_heatmap(ax, mean, record.tasks, title=f"{title}\n(tested: {record.tested})",
+                                  columns=record.columns or record.tasks)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="test accuracy (%)", shrink=0.8)
@@ -478,6 +510,7 @@ def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     keys, groups = group_runs(runs)
     head, rows = table_rows(keys, groups)
     figures = [p for p in (acc_vs_meta(keys, groups, out / "acc_vs_meta.png"),
+                           stream_curves(keys, groups, out / "stream_accuracy.png"),
                            task1_curves(keys, groups, out / "task1_accuracy.png"),
                            matrix_grid(keys, groups, out / "acc_matrices.png")) if p is not None]
     notes = notes_for(runs, keys, groups)

@@ -2,7 +2,7 @@
 
 A run draws random numbers for several unrelated purposes: the model's initial weights, the order of the
 training batches, each permuted task's pixel permutation, each task's validation hold-out, EWC's Fisher
-sample and the replay buffer. Giving each purpose its own stream, derived with numpy's `SeedSequence`
+sample, the replay buffer and a stream's parts. Giving each purpose its own stream, derived with numpy's `SeedSequence`
 (entropy = the run's seed, spawn key = the purpose and the task), keeps them independent of each other:
 no two purposes, and no two tasks of one purpose, ever share a seed.
 """
@@ -24,6 +24,7 @@ class Stream(IntEnum):
     validation = 4  # a task's validation hold-out (per task)
     fisher = 5  # EWC's Fisher sample (per task)
     replay = 6  # the replay buffer's reservoir and draws
+    stream_parts = 7  # how a stream's training set is dealt into its parts
 
 
 def derive(seed: int, stream: Stream, *index: int) -> int:

@@ -246,3 +246,18 @@ def test_meta_from_a_later_task_learns_the_first_task_as_plain_adam(tmp_path):
     assert late.epochs[-1].test_acc != plain.epochs[-1].test_acc
     assert first[-1].diagnostics.attenuated is None and late.epochs[-1].diagnostics.attenuated is not None
     assert late.metaplastic_weights > 0
+
+
+def test_a_stream_records_the_whole_test_set_after_every_part_tested_once_per_epoch(tmp_path):
+    from metaplastic_vit.report import build_report
+
+    stream = run(tmp_path / "stream", *tiny("net=bnn", "net.hidden=[32]", "task_sequence=[stream:digits:3]",
+                                            "fresh_optimizer=false"))
+    assert stream.stream and stream.columns == ["digits (whole test set)"] and len(stream.tasks) == 3
+    assert all(len(row) == 1 for row in stream.acc_matrix) and len(stream.acc_matrix) == 3  # a curve
+    assert all(len(e.test_acc) == len(e.val_acc) == 1 for e in stream.epochs)  # one test of the shared set
+    assert stream.avg_acc == stream.acc_matrix[-1][0] and stream.bwt is None
+    whole = run(tmp_path / "whole", *tiny("net=bnn", "net.hidden=[32]", "task_sequence=[digits]"))
+    report = build_report([tmp_path], tmp_path / "report")
+    assert any(p.name == "stream_accuracy.png" for p in report["figures"])
+    assert whole.columns == ["digits"]

@@ -128,3 +128,29 @@ def test_mixing_incompatible_inputs_is_an_error(tmp_path):
     with pytest.raises(UserError, match="mixes incompatible inputs \\(digits 1x8x8, cifar10 3x32x32\\)"):
         build_tasks(parse_task_sequence(["digits", "cifar10"]), str(tmp_path), None, False, "domain", None,
                     torch.device("cpu"))
+
+
+def test_a_stream_is_its_dataset_cut_into_class_balanced_parts_sharing_one_test_set():
+    import torch
+
+    from metaplastic_vit.data import build_tasks
+
+    tasks = parse_task_sequence(["stream:digits:4"])
+    assert [t.name for t in tasks] == ["digits:1/4", "digits:2/4", "digits:3/4", "digits:4/4"]
+    assert all(t.kind == "stream" and t.classes == tuple(range(10)) for t in tasks)
+    data = build_tasks(tasks, "unused", None, False, "auto", None, torch.device("cpu"))
+    assert data.scenario == "domain" and data.stream and data.columns == [0]
+    parts = [set(t.splits["train"].idx.tolist()) for t in data.tasks]
+    held = set(data.tasks[0].splits["val"].idx.tolist())
+    assert sum(map(len, parts)) == len(set().union(*parts)) == 1438 - len(held)  # disjoint, covering the rest
+    assert not held & set().union(*parts)  # validation held out of every part
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1  # equal parts
+    for t in data.tasks:  # every class in every part, in equal shares (within one sample)
+        counts = torch.bincount(t.splits["train"].targets, minlength=10)
+        assert counts.max() - counts.min() <= 2
+        assert torch.equal(t.splits["test"].idx, data.tasks[0].splits["test"].idx)  # the whole test set, shared
+    assert [t.shares_tests_of for t in data.tasks] == [None, 0, 0, 0]
+    with pytest.raises(UserError, match="give it as the only token"):
+        parse_task_sequence(["stream:digits:4", "pdigits"])
+    with pytest.raises(UserError, match="needs N >= 1 parts"):
+        parse_task_sequence(["stream:digits:0"])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .. import seeds
 from ..errors import DataError, UserError
 from .sources import DATASETS, ImageData, load_dataset
-from .splits import stratified_holdout
+from .splits import stratified_holdout, stream_part
 from .tasks import Scenario, Task, resolve_scenario, task_outputs
 
 SPLITS = ("train", "val", "test")
@@ -99,6 +99,9 @@ class TaskData:
     outputs: torch.Tensor  # head indices of this task's classes (the mask of a task-aware test)
     permutation: torch.Tensor | None
     size: int | None  # resize target, None for the native size
+    # the task whose validation and test splits this one shares (the parts of a stream after the first); None:
+    # its own, tested on their own
+    shares_tests_of: int | None = None
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float, permuted and resized as the task says."""
@@ -217,6 +220,24 @@ class TaskSet:
             return logits
         return logits.masked_fill(~self.task_masks[tasks], float("-inf"))
 
+    @property
+    def stream(self) -> bool:
+        """Whether the tasks are the parts of one stream (stream:<dataset>:<N>)."""
+        return all(t.task.kind == "stream" for t in self.tasks)
+
+    @property
+    def columns(self) -> list[int]:
+        """The tasks tested on their own splits (the accuracy matrices' columns): every task, or a stream's
+        first part, which holds the whole test set the others share."""
+        return [t.index for t in self.tasks if t.shares_tests_of is None]
+
+    @property
+    def column_names(self) -> list[str]:
+        """The columns' names: the tasks', or "<dataset> (whole test set)" for a stream."""
+        if self.stream:
+            return [f"{self.tasks[0].task.dataset} (whole test set)"]
+        return [self.tasks[j].task.name for j in self.columns]
+
     @functools.cached_property
     def task_masks(self) -> torch.Tensor:
         """(T, num_classes) booleans: the outputs each task may use when its identity is known."""
@@ -231,7 +252,8 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
     """Load each dataset once, put it on the device, and make every task's view of it.
 
     `val_fraction` of each task's training set (per class, chosen with a generator seeded by `seed` and the
-    task's position) becomes its validation split.
+    task's position) becomes its validation split. The parts of a stream share one validation split (held out of
+    the whole training set) and the whole test set; the rest of the training set is cut into class-balanced parts.
     """
     scenario = resolve_scenario(tasks, scenario)
     num_classes, outputs = task_outputs(tasks, scenario)
@@ -261,10 +283,14 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
             if len(idx) == 0:
                 raise DataError(f"task {task.name}: {where} has no {split} samples of its classes "
                                 f"{list(task.classes)}; the dataset is incomplete: place the official files there")
-        held = stratified_holdout(train_t, val_fraction, seeds.generator(seed, seeds.Stream.validation, i))
+        held = stratified_holdout(train_t, val_fraction,
+                                  seeds.generator(seed, seeds.Stream.validation, 0 if task.part else i))
         splits = {"train": Split(im.train_x, train_idx[~held], train_t[~held]),
                   "val": Split(im.train_x, train_idx[held], train_t[held]),
                   "test": Split(im.test_x, test_idx, test_t)}
+        if task.part is not None:
+            part = stream_part(splits["train"].targets, *task.part, seeds.generator(seed, seeds.Stream.stream_parts))
+            splits["train"] = Split(im.train_x, splits["train"].idx[part], splits["train"].targets[part])
         if len(splits["train"]) == 0:
             raise UserError(f"data.val_fraction={val_fraction} leaves task {task.name} no training samples")
         perm = None
@@ -272,5 +298,6 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
             pixels = im.train_x.shape[2] * im.train_x.shape[3]
             perm = torch.randperm(pixels, generator=torch.Generator().manual_seed(task.permutation_seed)).to(device)
         views.append(TaskData(task, i, im, splits, torch.tensor(outputs[i], device=device), perm,
-                              None if size == im.train_x.shape[-1] else size))
+                              None if size == im.train_x.shape[-1] else size,
+                              0 if task.part is not None and task.part[0] > 0 else None))
     return TaskSet(views, scenario, num_classes, chans.pop(), size)

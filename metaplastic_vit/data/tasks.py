@@ -3,7 +3,9 @@
 Grammar (one token may expand to several tasks):
 - ``p<dataset>``: one permuted-pixel task with its own fixed permutation (repeat the token for more);
 - ``<dataset>-<N>``: the dataset's classes split into N equal tasks;
-- ``<dataset>``: the whole dataset as one task; ``cifar10-animals`` / ``cifar10-vehicles``: the paper's halves.
+- ``<dataset>``: the whole dataset as one task; ``cifar10-animals`` / ``cifar10-vehicles``: the paper's halves;
+- ``stream:<dataset>:<N>``: the paper's stream learning: the dataset's training set cut into N equal,
+  class-balanced parts learned one after another, every part tested on the whole test set (one test, shared).
 Scenarios (van de Ven, Tuytelaars & Tolias 2022): ``domain`` (labels shared across tasks, one head of the
 task size, no task id at test), ``class`` (one head over every task's classes, no task id at test; permuted
 and whole tasks each get their own block of outputs) and ``task`` (the same head, and the task id at test:
@@ -34,7 +36,7 @@ SUBSETS: dict[str, tuple[str, tuple[int, ...]]] = {
 Scenario = StrEnum("Scenario", {name: name for name in ("auto", "domain", "class", "task")})
 
 KIND_SCENARIO = {"permuted": Scenario.domain, "whole": Scenario.domain, "split": Scenario["class"],
-                 "subset": Scenario["class"]}
+                 "subset": Scenario["class"], "stream": Scenario.domain}
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,16 @@ class Task:
 
     name: str
     dataset: str  # name in sources.DATASETS
-    kind: str  # permuted | split | whole | subset
+    kind: str  # permuted | split | whole | subset | stream
     classes: tuple[int, ...]  # the dataset's labels that belong to this task
     permutation_seed: int | None = None  # pixel permutation of a permuted task
+    part: tuple[int, int] | None = None  # a stream's part: (k, N), the k-th of N parts of the training set
 
 
 def _token_help() -> str:
     names = ", ".join(BY_TOKEN)
-    return f"use p<dataset>, <dataset>, <dataset>-<N> or {', '.join(SUBSETS)}, with <dataset> one of {names}"
+    return (f"use p<dataset>, <dataset>, <dataset>-<N>, stream:<dataset>:<N> or {', '.join(SUBSETS)}, with "
+            f"<dataset> one of {names}")
 
 
 def parse_task_sequence(tokens: Sequence[str], seed: int = 0, class_order_seed: int | None = None) -> list[Task]:
@@ -66,6 +70,14 @@ def parse_task_sequence(tokens: Sequence[str], seed: int = 0, class_order_seed: 
         if token in BY_TOKEN:
             info = BY_TOKEN[token]
             tasks.append(Task(token, info.name, "whole", tuple(range(info.num_classes))))
+            continue
+        stream = re.fullmatch(r"stream:(\w+):(-?\d+)", token)
+        if stream and stream.group(1) in BY_TOKEN:
+            info, parts = BY_TOKEN[stream.group(1)], int(stream.group(2))
+            if parts < 1:
+                raise UserError(f"task token {token!r}: a stream needs N >= 1 parts, got {parts}")
+            tasks += [Task(f"{info.token}:{k + 1}/{parts}", info.name, "stream", tuple(range(info.num_classes)),
+                           part=(k, parts)) for k in range(parts)]
             continue
         if token.startswith("p") and token[1:] in BY_TOKEN:
             info = BY_TOKEN[token[1:]]
@@ -90,6 +102,8 @@ def parse_task_sequence(tokens: Sequence[str], seed: int = 0, class_order_seed: 
                 tasks.append(Task(f"{token}:{k}", info.name, "split", tuple(order[k * per:(k + 1) * per])))
             continue
         raise UserError(f"unknown task token {token!r}; {_token_help()}")
+    if any(t.kind == "stream" for t in tasks) and len(tokens) > 1:
+        raise UserError("a stream (stream:<dataset>:<N>) is a whole task sequence: give it as the only token")
     return tasks
 
 

@@ -99,10 +99,12 @@ class Evaluator:
 
         Without the task id (domain, class) every task is tested with the live state and no mask, all tasks
         in one pass; the task-aware test masks the outputs to the task's classes, and tasks whose per-task
-        state differs from the live one are passed again with it restored.
+        state differs from the live one are passed again with it restored. Only the tasks of the matrices'
+        columns are tested (a stream's parts share one whole test set, tested once with the live state).
         """
         with threads(self.eval_threads):
-            tasks = range(len(self.data.tasks))
+            tasks = self.data.columns
+            states = {j: None for j in tasks} if self.data.stream else states
             splits = ("test", "val") if self.has_val else ("test",)
             aware_scenario = self.data.scenario == Scenario.task
             live = [(j, split) for j in tasks for split in splits if not (aware_scenario and states[j] is not None)]

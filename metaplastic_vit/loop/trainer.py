@@ -194,8 +194,9 @@ class ContinualTrainer:
         h, i = self.history, done.task
         h.eval_time, h.train_time = h.eval_time + seconds, h.train_time + done.train_s
         last = done.epoch == self.s.epochs_per_task - 1
-        epoch = EpochRecord(i, done.epoch, done.loss, done.acc, ev.test, ev.task_aware, ev.val,
-                            sum(ev.test[:i + 1]) / (i + 1), self.base_lr * self.s.gamma ** (-i), done.diagnostics)
+        seen = ev.test[:i + 1]  # the columns learned so far (a stream has one)
+        epoch = EpochRecord(i, done.epoch, done.loss, done.acc, ev.test, ev.task_aware, ev.val, sum(seen) / len(seen),
+                            self.base_lr * self.s.gamma ** (-i), done.diagnostics)
         h.add(epoch, last)
         if self.checkpointer.enabled:
             self.checkpointer.save(h, done.training_state or self.checkpointer.capture(self.parts))
@@ -209,7 +210,8 @@ class ContinualTrainer:
         """The run's results so far."""
         return self.history.record(self.template, status=status, reason=reason, startup_s=self.startup_s,
                                    tasks=[t.task.name for t in self.data.tasks], scenario=self.data.scenario.value,
-                                   precision=self.s.precision.value)
+                                   precision=self.s.precision.value, columns=self.data.column_names,
+                                   stream=self.data.stream)
 
     def _finish(self, status: str, reason: str) -> None:
         """Tell the observers how the run ended, as far as the disk allows (a full disk may refuse even that)."""

@@ -36,10 +36,11 @@ class ConsoleSinkConfig:
 
 def describe(record: RunRecord, write: Callable[[str], None]) -> None:
     """Write the accuracy matrix and the summary metrics, each labelled with how it was tested."""
-    names = record.tasks
-    width = max(8, *(len(n) for n in names))
-    write(f"accuracy matrix (%), tested {record.protocol}: row = after training task, column = tested task")
-    write(" " * width + "".join(f"{n:>{width + 1}}" for n in names))
+    names, columns = record.tasks, record.columns or record.tasks
+    width = max(8, *(len(n) for n in [*names, *columns]))
+    what = "column = the whole test set" if record.stream else "column = tested task"
+    write(f"accuracy matrix (%), tested {record.protocol}: row = after training task, {what}")
+    write(" " * width + "".join(f"{n:>{width + 1}}" for n in columns))
     for name, row in zip(names, record.acc_matrix, strict=False):
         write(f"{name:<{width}}" + "".join(f"{a:>{width + 1}.1f}" for a in row))
 
@@ -48,7 +49,7 @@ def describe(record: RunRecord, write: Callable[[str], None]) -> None:
 
     write(f"ACC {fmt(record.avg_acc, False)}  BWT {fmt(record.bwt)}  forgetting {fmt(record.forgetting, False)}  "
           f"FWT {fmt(record.fwt)}")
-    if record.scenario != "task":
+    if record.scenario != "task" and not record.stream:
         write(f"task-aware (tested with the task id): ACC {fmt(record.avg_acc_task_aware, False)}  "
               f"BWT {fmt(record.bwt_task_aware)}  forgetting {fmt(record.forgetting_task_aware, False)}")
     if record.val_avg_acc is not None:
@@ -102,7 +103,7 @@ class ConsoleSink(RunObserver):
                                      f"seen {epoch.mean_seen_acc:.1f}%")
             self.bar.update(1)
         elif self.mode == Progress.lines:
-            tests = " ".join(f"{a:.1f}" for a in epoch.test_acc)
+            tests = " ".join(f"{a:.1f}" for a in epoch.test_acc)  # one per column
             self._write(f"task {epoch.task + 1}/{len(record.tasks)} epoch {epoch.epoch + 1} "
                         f"loss {epoch.train_loss:.4f} train {epoch.train_acc:.1f}% test [{tests}] "
                         f"seen-mean {epoch.mean_seen_acc:.1f}%")

@@ -189,7 +189,7 @@ class WandbSink(RunObserver):
         for key, matrix in (("acc_matrix", record.acc_matrix), ("acc_matrix_task_aware", record.acc_matrix_task_aware)):
             if matrix:
                 rows = [[names[i], *row] for i, row in enumerate(matrix)]
-                table = wandb.Table(columns=["after_task", *names], data=rows)
+                table = wandb.Table(columns=["after_task", *(record.columns or names)], data=rows)
                 self.run.log({key: table}, commit=False)
         if record.status == "completed" and record.epochs:
             for stem, fig in plots.run_figures(record).items():
