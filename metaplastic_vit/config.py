@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .binarize import BinaryScale
+from .data.boundaries import Boundaries
 from .data.tasks import Scenario
 from .errors import UserError
 from .loop.precision import Precision
@@ -161,9 +162,15 @@ class DataConfig:
     val_fraction: float = 0.1  # of each task's training set, held out for choosing hyper-parameters
     # accuracies depend on the test batch only where BatchNorm normalises each test batch with its own statistics
     eval_batch_size: int = field(default=1000, metadata=scientific_when("net.transductive_bn"))
+    # whether the learner is told where tasks change: hard (announced, the paper), none (withheld), gradual (tasks
+    # blend over a transition window); data.boundaries
+    boundaries: Boundaries = Boundaries.hard
+    transition: float = 0.5  # gradual: the window around each boundary, as a share of a task's steps
 
     def __post_init__(self) -> None:
         _positive("data.eval_batch_size", self.eval_batch_size)
+        if not 0 < self.transition <= 1:
+            raise UserError(f"data.transition must lie in (0, 1], got {self.transition}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"data.val_fraction must lie in [0, 1), got {self.val_fraction}")
 
@@ -258,11 +265,22 @@ class Config:
             raise UserError(f"seed must lie in [0, 2^63), got {self.seed}")
         if not self.task_sequence:
             raise UserError("task_sequence must name at least one task")
+        if self.data.boundaries != Boundaries.hard:
+            self._refuse_boundary_users()
         if getattr(self.optimizer, "meta_from_task", 0) and not self.fresh_optimizer:
             raise UserError("optimizer.meta_from_task needs fresh_optimizer=true (the optimizer is rebuilt at every "
                             "task with that task's meta)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"unknown device {self.device!r}; choose one of auto, cpu, cuda or cuda:<index>")
+
+    def _refuse_boundary_users(self) -> None:
+        """Without announced task boundaries, what needs them is refused with one line saying why."""
+        why = {"gamma": "a learning rate per task (gamma) needs task boundaries: set gamma=1",
+               "meta_from_task": "optimizer.meta_from_task needs task boundaries: set it to 0"}
+        reason = (why["gamma"] if self.gamma != 1 else why["meta_from_task"]
+                  if getattr(self.optimizer, "meta_from_task", 0) else self.strategy.without_boundaries())
+        if reason:
+            raise UserError(f"data.boundaries={self.data.boundaries.value}: {reason}")
 
 
 FREE_FORM = ("tags",)  # nodes that take any keys

@@ -109,7 +109,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, launcher_cpus: int | No
     with RunDirectory(run_dir) as owned:
         data = build_tasks(tasks, settings.data.root, settings.data.cache_dir, settings.data.download,
                            settings.data.scenario, getattr(settings.net, "img_size", None), device,
-                           val_fraction=settings.data.val_fraction, seed=settings.seed)
+                           val_fraction=settings.data.val_fraction, seed=settings.seed,
+                           boundaries=settings.data.boundaries, transition=settings.data.transition)
         trainer = _build(cfg, settings, data, device, precision, owned.path, launcher_cpus, sweep, interrupts)
         trainer.restore()  # refuses another experiment's checkpoint before anything is written
         owned.accept(hydra_files)

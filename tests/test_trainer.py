@@ -88,9 +88,11 @@ class SecretState(Strategy):
         return Swap()
 
 
-def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), checkpoint=True, **settings):
+def _trainer(tmp_path, plugins, epochs=2, tokens=("pdigits", "pdigits"), checkpoint=True, boundaries="hard",
+             **settings):
     torch.manual_seed(0)
-    data = build_tasks(parse_task_sequence(tokens), "unused", None, False, "auto", None, torch.device("cpu"))
+    data = build_tasks(parse_task_sequence(tokens), "unused", None, False, "auto", None, torch.device("cpu"),
+                       boundaries=boundaries)
     model = create_model("vit", num_classes=data.num_classes, img_size=8, in_chans=1, patch_size=4, embed_dim=8,
                          depth=1, num_heads=2)
     for p in plugins:

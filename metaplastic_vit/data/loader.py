@@ -213,6 +213,8 @@ class TaskSet:
     num_classes: int
     in_chans: int
     img_size: int
+    boundaries: str = "hard"  # data.boundaries.Boundaries: whether the learner is told where tasks change
+    transition: float = 0.5  # gradual: the mixing window, as a share of a task's steps
 
     def train_logits(self, logits: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Logits as the training loss sees them: masked to each sample's task in the task scenario."""
@@ -248,7 +250,8 @@ class TaskSet:
 
 
 def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, download: bool, scenario: Scenario | str,
-                img_size: int | None, device: torch.device, val_fraction: float = 0.1, seed: int = 0) -> TaskSet:
+                img_size: int | None, device: torch.device, val_fraction: float = 0.1, seed: int = 0,
+                boundaries: str = "hard", transition: float = 0.5) -> TaskSet:
     """Load each dataset once, put it on the device, and make every task's view of it.
 
     `val_fraction` of each task's training set (per class, chosen with a generator seeded by `seed` and the
@@ -300,4 +303,4 @@ def build_tasks(tasks: Sequence[Task], root: str, cache_dir: str | None, downloa
         views.append(TaskData(task, i, im, splits, torch.tensor(outputs[i], device=device), perm,
                               None if size == im.train_x.shape[-1] else size,
                               0 if task.part is not None and task.part[0] > 0 else None))
-    return TaskSet(views, scenario, num_classes, chans.pop(), size)
+    return TaskSet(views, scenario, num_classes, chans.pop(), size, boundaries, transition)

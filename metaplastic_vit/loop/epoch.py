@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from ..data import Batch
 from ..errors import TrainingFailedError
 from .checkpoint import Trainables
 from .hooks import TaskContext
@@ -18,10 +19,12 @@ class NonFiniteLossError(TrainingFailedError):
 
 
 def train_epoch(ctx: TaskContext, parts: Trainables, logits_of: Callable[[torch.Tensor], torch.Tensor],
-                stop_check: Callable[[], None]) -> tuple[float, float]:
-    """One pass over task `ctx.index`'s training stream: per batch the strategies' extra loss terms and their
-    hooks around the optimizer's step (through the gradient scaler in fp16). Returns the mean task loss (without
-    extra terms) and the training accuracy (percent); `stop_check()` runs before every batch."""
+                stop_check: Callable[[], None],
+                stream: Callable[[Iterator[Batch]], Iterator[Batch]] | None = None) -> tuple[float, float]:
+    """One pass over task `ctx.index`'s training stream (its batches, mixed by `stream` where tasks blend, then
+    as the strategies shape them): per batch the strategies' extra loss terms and their hooks around the
+    optimizer's step (through the gradient scaler in fp16). Returns the mean task loss (without extra terms) and
+    the training accuracy (percent); `stop_check()` runs before every batch."""
     task, model = ctx.data.tasks[ctx.index], parts.model
     model.train()
     device = next(model.parameters()).device
@@ -29,6 +32,8 @@ def train_epoch(ctx: TaskContext, parts: Trainables, logits_of: Callable[[torch.
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     batches: Iterator = task.batches("train", ctx.batch_size, parts.generator)
+    if stream is not None:
+        batches = stream(batches)
     for strategy in parts.strategies:
         batches = strategy.train_batches(ctx, batches)
     for batch in batches:

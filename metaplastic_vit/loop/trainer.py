@@ -10,6 +10,7 @@ epoch and ends with the same results as an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,8 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .. import seeds
-from ..data import TaskSet
+from ..data import Batch, TaskSet
+from ..data.boundaries import Boundaries, gradual
 from ..diagnostics import HiddenWeightMonitor
 from ..errors import EnvironmentFaultError, RunPruned
 from ..models import uses_batch_statistics
@@ -159,32 +161,43 @@ class ContinualTrainer:
             yield from ((task, epoch) for epoch in range(first, self.s.epochs_per_task))
 
     def _epoch(self, i: int, e: int) -> None:
-        """Train epoch `e` of task `i` and hand it to the tester; record the epoch tested before it."""
+        """Train epoch `e` of task `i` and hand it to the tester; record the epoch tested before it. Without
+        announced boundaries (data.boundaries none or gradual) the learner is not told that a task begins or
+        ends: no new optimizer, no task hooks but the diagnostics' (which only measure)."""
         self.position = (i, e)
+        told = self.data.boundaries == Boundaries.hard
         if e == 0:
             self._record(self.tester.settle())  # the previous task is recorded before the next one begins
-            if i > 0 and self.s.fresh_optimizer:
+            if i > 0 and self.s.fresh_optimizer and told:
                 self.parts.optimizer = self._optimizer(i)
         for group in self.parts.optimizer.param_groups:
             group["lr"] = self.base_lr * self.s.gamma ** (-i)
         ctx = self._context(i)
+        hooked = [s for s in self.parts.strategies if told or s is self.diagnostics]
         if e == 0:
-            for strategy in self.parts.strategies:
+            for strategy in hooked:
                 strategy.before_task(ctx)
         start = time.perf_counter()
-        loss, acc = train_epoch(ctx, self.parts, self.logits, self.stop_check)
+        loss, acc = train_epoch(ctx, self.parts, self.logits, self.stop_check, self._stream(i, e))
         train_s = time.perf_counter() - start
         self._record(self.tester.settle())
         last = e == self.s.epochs_per_task - 1
         trained = Trained(i, e, loss, acc, train_s, self.diagnostics.measure(self.parts.optimizer, last), None)
         self.tester.submit(trained, self.model)
         if last:
-            for strategy in self.parts.strategies:
+            for strategy in hooked:
                 strategy.after_task(ctx)
         if self.tester.beside and self.checkpointer.enabled:  # the state this epoch ended with, for its checkpoint
             trained.training_state = copy.deepcopy(self.checkpointer.capture(self.parts))
         if not self.tester.beside:
             self._record(self.tester.settle())
+
+    def _stream(self, i: int, e: int) -> Callable[[Iterator[Batch]], Iterator[Batch]] | None:
+        """How task `i`'s batches of epoch `e` are mixed with its neighbours' (gradual boundaries), or None."""
+        if self.data.boundaries != Boundaries.gradual:
+            return None
+        return functools.partial(gradual, self.data, i, e, self.s.epochs_per_task, self.s.batch_size,
+                                 self.data.transition, generator=self.parts.generator)
 
     def _record(self, settled: tuple[Trained, Evaluation, float] | None) -> None:
         """Record a tested epoch: its record in the history, the checkpoint, then the observers."""

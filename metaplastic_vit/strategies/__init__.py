@@ -1,8 +1,8 @@
 """The baselines: one module each, a `Strategy` (metaplastic_vit.loop.hooks) with its config schema.
 
-A new baseline is one module here (a Strategy subclass, and its config dataclass decorated with
-`register_strategy`) plus one YAML file in conf/strategy/; `STRATEGIES` collects the schemas. A strategy is
-built with the model and the task set (`strategy(model=..., data=...)`), everything else from its config.
+A new baseline is one module here (a Strategy subclass, and its config dataclass: a `StrategyConfig` decorated
+with `register_strategy`) plus one YAML file in conf/strategy/; `STRATEGIES` collects the schemas. A strategy
+is built with the model and the task set (`strategy(model=..., data=...)`), everything else from its config.
 """
 
 from __future__ import annotations
@@ -11,10 +11,26 @@ import fnmatch
 import importlib
 import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from omegaconf import MISSING
 from torch import nn
 
 from ..data import Scenario
+
+
+@dataclass
+class StrategyConfig:
+    """What every strategy's schema has: the target (a Strategy class) built with the model and the data."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+
+    def without_boundaries(self) -> str | None:
+        """Why this strategy cannot learn without task boundaries (data.boundaries none or gradual), or None
+        when it can (as it is, or in its boundary-free variant)."""
+        return None
+
 
 STRATEGIES: dict[str, type] = {}  # strategy name -> its config dataclass (the schema of conf/strategy/<name>.yaml)
 

@@ -3,7 +3,8 @@
 - `separate` (Kirkpatrick et al. 2017): one anchor theta*_t and one Fisher F_t per earlier task t; the penalty
   is sum_t lambda/2 * sum F_t (theta - theta*_t)^2.
 - `online` (Schwarz et al. 2018): one running Fisher F* <- fisher_decay * F* + F_t and the latest anchor; the penalty
-  is lambda/2 * sum F* (theta - theta*)^2.
+  is lambda/2 * sum F* (theta - theta*)^2. With `every_steps` K it is refreshed every K steps on the batch just
+  trained as well (the boundary-free variant: no task's end is needed).
 
 F_t is the mean over samples of the squared gradient of one sample's log-likelihood (never the square of a
 batch-mean gradient), computed per sample in batches with vmapped backward passes. `fisher` picks the
@@ -32,7 +33,7 @@ from ..data.loader import batch_bounds
 from ..errors import UserError
 from ..loop.hooks import Strategy, TaskContext
 from ..models import uses_batch_statistics
-from . import protected_parameters, register_strategy
+from . import StrategyConfig, protected_parameters, register_strategy
 
 
 class EWCMode(StrEnum):
@@ -52,7 +53,7 @@ class FisherLabels(StrEnum):
 
 @register_strategy("ewc")
 @dataclass
-class EWCConfig:
+class EWCConfig(StrategyConfig):
     """strategy=ewc: EWC's settings."""
 
     _target_: str = "metaplastic_vit.strategies.ewc.EWC"
@@ -62,6 +63,9 @@ class EWCConfig:
     fisher_decay: float = 1.0  # online EWC's gamma, the running Fisher's decay (ignored by separate)
     fisher: FisherLabels = FisherLabels.exact
     fisher_samples: int = 512  # training samples of each task used for its Fisher
+    # online only: also refresh the Fisher and anchor every this many steps, on the batch just trained (the
+    # boundary-free variant, for data.boundaries none or gradual); null: only at a task's end
+    every_steps: int | None = None
 
     def __post_init__(self) -> None:
         if not self.strength >= 0:
@@ -70,6 +74,15 @@ class EWCConfig:
             raise UserError(f"strategy.fisher_decay must lie in [0, 1], got {self.fisher_decay}")
         if self.fisher_samples < 1:
             raise UserError(f"strategy.fisher_samples must be >= 1, got {self.fisher_samples}")
+        if self.every_steps is not None and (self.every_steps < 1 or self.mode != EWCMode.online):
+            raise UserError(f"strategy.every_steps refreshes online EWC's Fisher (>= 1 steps, strategy.mode=online)"
+                            f", got {self.every_steps} with mode {self.mode.value}")
+
+    def without_boundaries(self) -> str | None:  # noqa: D102
+        if self.every_steps is None:
+            return ("EWC takes its Fisher at a task's end: without task boundaries use its boundary-free variant, "
+                    "strategy.mode=online strategy.every_steps=<K>")
+        return None
 
 
 # per-sample gradients held at once: samples x labels x parameters stays under this many numbers
@@ -181,7 +194,8 @@ class EWC(Strategy):
 
     def __init__(self, model: nn.Module, data: TaskSet, strength: float = 100.0,
                  mode: EWCMode | str = EWCMode.separate, fisher_decay: float = 1.0,
-                 fisher: FisherLabels | str = FisherLabels.exact, fisher_samples: int = 512) -> None:
+                 fisher: FisherLabels | str = FisherLabels.exact, fisher_samples: int = 512,
+                 every_steps: int | None = None) -> None:
         self.model = model
         self.params = protected_parameters(model, data.scenario)
         self.strength = strength
@@ -189,6 +203,8 @@ class EWC(Strategy):
         self.fisher_decay = fisher_decay
         self.labels = FisherLabels(fisher)
         self.fisher_samples = fisher_samples
+        self.every_steps = every_steps
+        self.steps = 0  # steps trained, for every_steps
         self.anchors: list[list[torch.Tensor]] = []  # one per task (separate) or the latest (online)
         self.fishers: list[list[torch.Tensor]] = []
 
@@ -202,16 +218,30 @@ class EWC(Strategy):
             total = term if total is None else total + term
         return self.strength / 2 * total
 
+    def after_step(self, ctx: TaskContext, batch: Batch) -> None:
+        """With every_steps: refresh the Fisher and the anchor on the batch just trained, every K steps."""
+        self.steps += 1
+        if self.every_steps and self.steps % self.every_steps == 0:
+            chunk = max(1, min(ctx.batch_size, 64))
+            pieces = [Batch(batch.x[a:b], batch.y[a:b], batch.task[a:b], batch.index[a:b])
+                      for a, b in batch_bounds(min(len(batch), self.fisher_samples), chunk)]
+            self._consolidate(ctx, pieces, seeds.generator(ctx.seed, seeds.Stream.fisher, ctx.index, self.steps))
+
     def after_task(self, ctx: TaskContext) -> None:
         """Measure this task's Fisher on its training samples and add its anchor."""
         task = ctx.data.tasks[ctx.index]
-        was_training = self.model.training
-        self.model.eval()
         generator = seeds.generator(ctx.seed, seeds.Stream.fisher, ctx.index)
         chunk = max(1, min(ctx.batch_size, 64))
         positions = torch.randperm(len(task.splits["train"]), generator=generator)[:self.fisher_samples]
         positions = positions.to(task.splits["train"].idx.device)
-        batches = [task.batch_at("train", positions[a:b]) for a, b in batch_bounds(len(positions), chunk)]
+        self._consolidate(ctx, [task.batch_at("train", positions[a:b])
+                                for a, b in batch_bounds(len(positions), chunk)], generator)
+
+    def _consolidate(self, ctx: TaskContext, batches: list[Batch], generator: torch.Generator) -> None:
+        """The Fisher of `batches` at the current parameters, and the anchor: a new pair (separate) or the running
+        Fisher decayed and added to (online)."""
+        was_training = self.model.training
+        self.model.eval()
         masks = ctx.data.task_masks  # the likelihood the model is trained on: masked only in the task scenario
         if ctx.data.scenario != Scenario.task:
             masks = torch.ones_like(masks)
@@ -227,7 +257,7 @@ class EWC(Strategy):
             self.anchors[0] = anchor
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {"anchors": self.anchors, "fishers": self.fishers}
+        return {"anchors": self.anchors, "fishers": self.fishers, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
-        self.anchors, self.fishers = state["anchors"], state["fishers"]
+        self.anchors, self.fishers, self.steps = state["anchors"], state["fishers"], state["steps"]

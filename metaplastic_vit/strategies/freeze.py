@@ -15,12 +15,12 @@ from torch import nn
 from ..data import TaskSet
 from ..errors import UserError
 from ..loop.hooks import Strategy, TaskContext
-from . import register_strategy
+from . import StrategyConfig, register_strategy
 
 
 @register_strategy("freeze")
 @dataclass
-class FreezeConfig:
+class FreezeConfig(StrategyConfig):
     """strategy=freeze: the task (1-based) after which every >= 2-D tensor is frozen."""
 
     _target_: str = "metaplastic_vit.strategies.freeze.FreezeWeights"
@@ -30,6 +30,9 @@ class FreezeConfig:
     def __post_init__(self) -> None:
         if self.after_task < 1:
             raise UserError(f"strategy.after_task must be >= 1 (a task number), got {self.after_task}")
+
+    def without_boundaries(self) -> str | None:  # noqa: D102
+        return "the freeze probe acts at a task's end: it needs task boundaries"
 
 
 class FreezeWeights(Strategy):

@@ -14,12 +14,12 @@ from torch import nn
 
 from ..data import Batch, TaskSet
 from ..loop.hooks import Strategy, TaskContext
-from . import register_strategy
+from . import StrategyConfig, register_strategy
 
 
 @register_strategy("joint")
 @dataclass
-class JointConfig:
+class JointConfig(StrategyConfig):
     """strategy=joint: no settings."""
 
     _target_: str = "metaplastic_vit.strategies.joint.Joint"

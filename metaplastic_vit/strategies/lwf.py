@@ -18,12 +18,12 @@ from torch import nn
 from ..data import Batch, TaskSet
 from ..errors import UserError
 from ..loop.hooks import Strategy, TaskContext
-from . import register_strategy
+from . import StrategyConfig, register_strategy
 
 
 @register_strategy("lwf")
 @dataclass
-class LwFConfig:
+class LwFConfig(StrategyConfig):
     """strategy=lwf: the distillation's weight and temperature."""
 
     _target_: str = "metaplastic_vit.strategies.lwf.LwF"
@@ -36,6 +36,9 @@ class LwFConfig:
             raise UserError(f"strategy.strength must be >= 0, got {self.strength}")
         if not self.temperature > 0:
             raise UserError(f"strategy.temperature must be > 0, got {self.temperature}")
+
+    def without_boundaries(self) -> str | None:  # noqa: D102
+        return "LwF distils the model as it was when a task began: it needs task boundaries"
 
 
 class LwF(Strategy):

@@ -8,12 +8,12 @@ from torch import nn
 
 from ..data import TaskSet
 from ..loop.hooks import Strategy
-from . import register_strategy
+from . import StrategyConfig, register_strategy
 
 
 @register_strategy("naive")
 @dataclass
-class NaiveConfig:
+class NaiveConfig(StrategyConfig):
     """strategy=naive: no protection besides metaplasticity."""
 
     _target_: str = "metaplastic_vit.strategies.naive.Naive"

@@ -19,13 +19,13 @@ from .. import seeds
 from ..data import Batch, TaskSet
 from ..errors import UserError
 from ..loop.hooks import Strategy, TaskContext
-from . import register_strategy
+from . import StrategyConfig, register_strategy
 from .joint import concat
 
 
 @register_strategy("replay")
 @dataclass
-class ReplayConfig:
+class ReplayConfig(StrategyConfig):
     """strategy=replay: the buffer and how much of it each batch replays."""
 
     _target_: str = "metaplastic_vit.strategies.replay.Replay"
