@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 # OpenMP waits passively, as in run.py (active spinning is many times slower on a shared machine)
 ENV = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 SCRIPTS = ("bench_steps.py", "bench_runs.py", "bench_optimizer.py", "bench_data.py", "bench_memory.py",
-           "bench_search.py", "bench_gpu.py")
+           "bench_search.py", "bench_mesu.py", "bench_gpu.py")
 
 
 def main() -> int:

@@ -272,6 +272,14 @@ def binarize_model(model: nn.Module, binary_weights: Iterable[str] = (), binary_
     return model
 
 
+def hidden_weight(module: nn.Module) -> torch.Tensor:
+    """A layer's hidden weight as a tensor of its own: the parameter, or, where the weight is computed from one
+    (a Gaussian synapse of MESU, metaplastic_vit.mesu), the parameter it is computed from (its mean)."""
+    parametrizations = getattr(module, "parametrizations", None)
+    return parametrizations.weight.original if parametrizations is not None and "weight" in parametrizations \
+        else module.weight
+
+
 def binary_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The binary-weight layers of a model by name (for diagnostics and layer-wise settings)."""
     return {name: m for name, m in model.named_modules() if has_binary_weight(m)}

@@ -208,6 +208,36 @@ class MetaplasticAdamConfig:
 
 
 @dataclass
+class MESUConfig:
+    """optimizer=mesu: metaplasticity from synaptic uncertainty (metaplastic_vit.mesu): every parameter a Gaussian
+    synapse, updated by the MESU rule; lr is the means' rate (from the top level, as for MetaplasticAdam)."""
+
+    _target_: str = "metaplastic_vit.mesu.mesu"
+    _partial_: bool = True
+    lr: float = MISSING
+    lr_sigma: float = 1.0  # the standard deviations' rate
+    sigma_prior: float = 0.1  # the prior's standard deviation (its mean is 0)
+    memory: float = 1.0e5  # N: the batches the prior lets the synapses remember
+    ratio_max: float | None = 0.1  # each step clipped to +-ratio_max * sigma (the reference's PyTorch code); null: not
+    sigma_init: float | None = None  # the standard deviations' start; null: sigma_prior
+    samples_train: int = 1  # weight samples a training step averages its loss over
+    samples_test: int = 0  # fixed weight samples whose predictions a test averages; 0: the mean weights
+    batch_size: Any = "${batch_size}"  # turns the batch-mean loss into MESU's summed cost
+    seed: Any = "${seed}"  # draws the test samples
+
+    def __post_init__(self) -> None:
+        for key in ("lr_sigma", "sigma_prior", "memory"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"optimizer.{key} must be > 0, got {getattr(self, key)}")
+        if self.ratio_max is not None and not 0 < self.ratio_max < 1:
+            raise UserError(f"optimizer.ratio_max must lie in (0, 1) or be null, got {self.ratio_max}")
+        if self.sigma_init is not None and not self.sigma_init > 0:
+            raise UserError(f"optimizer.sigma_init must be > 0 or null, got {self.sigma_init}")
+        _positive("optimizer.samples_train", self.samples_train)
+        _positive("optimizer.samples_test", self.samples_test, minimum=0)
+
+
+@dataclass
 class PathsConfig:
     """Where runs and data go."""
 
@@ -292,7 +322,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     nets = {"vit": ViTNetConfig, "mlp": MLPNetConfig, "walk": WalkNetConfig}
-    optimizers = {"metaplastic_adam": MetaplasticAdamConfig}
+    optimizers = {"metaplastic_adam": MetaplasticAdamConfig, "mesu": MESUConfig}
     groups = {"net": nets, "optimizer": optimizers, "strategy": load_strategies(), "sink": load_sinks()}
     for group, schemas in groups.items():
         for name, schema in schemas.items():

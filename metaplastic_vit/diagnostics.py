@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .binarize import binary_modules
+from .binarize import binary_modules, hidden_weight
 from .loop.hooks import Strategy, TaskContext
 from .optim import MetaScale, attenuation
 from .record import Diagnostics
@@ -46,7 +46,7 @@ class HiddenWeightMonitor(Strategy):
         self.task_start_signs: dict[str, torch.Tensor] = {}
 
     def before_task(self, ctx: TaskContext) -> None:  # noqa: D102
-        self.task_start_signs = {n: m.weight.detach().sign().to(torch.int8) for n, m in self.layers.items()}
+        self.task_start_signs = {n: hidden_weight(m).detach().sign().to(torch.int8) for n, m in self.layers.items()}
 
     @torch.no_grad()
     def measure(self, optimizer: torch.optim.Optimizer, task_end: bool) -> Diagnostics:
@@ -54,8 +54,8 @@ class HiddenWeightMonitor(Strategy):
         metas = _meta_of(optimizer)
         layers = {}
         for name, module in self.layers.items():
-            w = module.weight.detach()
-            meta, relative = metas.get(id(module.weight), (0.0, False))
+            w = hidden_weight(module).detach()
+            meta, relative = metas.get(id(hidden_weight(module)), (0.0, False))
             start = self.task_start_signs.get(name)
             consolidated = (attenuation(w, meta, relative) < ATTENUATED_BELOW).float().mean().item() if meta else 0.0
             layers[name] = {
@@ -74,7 +74,7 @@ class HiddenWeightMonitor(Strategy):
         """Hidden-weight histogram of each diagnostic layer: bin edges and counts."""
         out = {}
         for name, module in self.layers.items():
-            w = module.weight.detach().float().flatten().cpu()
+            w = hidden_weight(module).detach().float().flatten().cpu()
             lo, hi = w.min().item(), w.max().item()
             if hi <= lo:
                 hi = lo + 1e-6

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .binarize import binary_modules
+from .binarize import binary_modules, hidden_weight
 from .config import Config, fingerprint, science, validate
 from .data import TaskSet, build_tasks, parse_task_sequence
 from .errors import UserError
@@ -67,9 +67,9 @@ def sizes(model: nn.Module, make_optimizer: Callable[[nn.Module, int], torch.opt
     task, whatever the schedule) and each binary layer's fan-in."""
     binary = binary_modules(model)
     return {"parameters": sum(p.numel() for p in model.parameters()),
-            "binary_weights": sum(m.weight.numel() for m in binary.values()),
+            "binary_weights": sum(hidden_weight(m).numel() for m in binary.values()),
             "metaplastic_weights": metaplastic_numel(make_optimizer(model, tasks - 1).param_groups),
-            "fan_in": {name: m.weight[0].numel() for name, m in binary.items()}}
+            "fan_in": {name: hidden_weight(m)[0].numel() for name, m in binary.items()}}
 
 
 def build_strategies(settings: Config, model: nn.Module, data: TaskSet) -> list[Strategy]:
@@ -124,8 +124,10 @@ def _build(cfg: DictConfig, settings: Config, data: TaskSet, device: torch.devic
     torch.manual_seed(derive(settings.seed, Stream.init))
     model = instantiate(settings.net, _convert_="all")(num_classes=data.num_classes, img_size=data.img_size,
                                                        in_chans=data.in_chans).to(device)
-    threads, eval_threads, beside = set_threads(settings.threads, launcher_cpus, model, device)
     make_optimizer = instantiate(settings.optimizer, _convert_="all")
+    make_optimizer(model, 0)  # an optimizer may shape the model it trains (MESU's Gaussian synapses): before anything
+    # else takes its parameters
+    threads, eval_threads, beside = set_threads(settings.threads, launcher_cpus, model, device)
     strategies = build_strategies(settings, model, data)
     observers = build_observers(settings, run_dir)
     scientific = science(cfg, precision)

@@ -250,7 +250,7 @@ def param_groups(model: nn.Module, meta: float | Sequence[float], meta_on: MetaO
 
 def metaplastic_numel(groups: Sequence[Mapping[str, Any]]) -> int:
     """How many weights the metaplastic rule acts on in these param groups (meta > 0, >= 2 dimensions)."""
-    return sum(p.numel() for g in groups if g["meta"] for p in g["params"] if p.dim() >= 2)
+    return sum(p.numel() for g in groups if g.get("meta") for p in g["params"] if p.dim() >= 2)
 
 
 def _layer_metas(names: list[str], metas: list[float], meta_layers: Mapping[str, Mapping[str, Any]]) -> list[float]:

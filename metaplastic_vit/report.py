@@ -101,7 +101,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     one strategy only, such as EWC's strength, is a column only when it differs between that strategy's runs)."""
     keys = sorted({k for r in runs for k in r.science})
     varying = [k for k in keys if len({r.science[k] for r in runs if k in r.science}) > 1]
-    first = [k for k in ("net.name", "meta", "strategy._target_") if k in varying]
+    first = [k for k in ("net.name", "meta", "strategy._target_", "optimizer._target_") if k in varying]
     return first + [k for k in varying if k not in first]
 
 
@@ -173,11 +173,11 @@ def _share(values: list[float | None]) -> str:
 
 
 def _label(key: str) -> str:
-    return {"net.name": "net", "strategy._target_": "strategy"}.get(key, key)
+    return {"net.name": "net", "strategy._target_": "strategy", "optimizer._target_": "optimizer"}.get(key, key)
 
 
 def _value(key: str, value: str) -> str:
-    if key == "strategy._target_":
+    if key in ("strategy._target_", "optimizer._target_"):
         return value.rsplit(".", 1)[-1]
     try:
         return f"{float(value):.4g}" if "." in value else value

@@ -25,6 +25,7 @@ class Stream(IntEnum):
     fisher = 5  # EWC's Fisher sample (per task)
     replay = 6  # the replay buffer's reservoir and draws
     stream_parts = 7  # how a stream's training set is dealt into its parts
+    mesu_test = 8  # MESU's fixed weight samples for testing
 
 
 def derive(seed: int, stream: Stream, *index: int) -> int:

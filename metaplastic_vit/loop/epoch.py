@@ -36,20 +36,25 @@ def train_epoch(ctx: TaskContext, parts: Trainables, logits_of: Callable[[torch.
         batches = stream(batches)
     for strategy in parts.strategies:
         batches = strategy.train_batches(ctx, batches)
+    passes = getattr(model, "mc_samples_train", 1)  # weight samples per step (MESU): the loss averaged over them
     for batch in batches:
         stop_check()
-        logits = logits_of(batch.x)
-        masked = ctx.train_logits(logits, batch.task)
-        loss = total = F.cross_entropy(masked, batch.y)
-        for strategy in parts.strategies:
-            if (extra := strategy.loss(ctx, batch, logits)) is not None:
-                total = total + extra
         parts.optimizer.zero_grad(set_to_none=True)
+        for _ in range(passes):
+            logits = logits_of(batch.x)
+            masked = ctx.train_logits(logits, batch.task)
+            loss = total = F.cross_entropy(masked, batch.y)
+            for strategy in parts.strategies:
+                if (extra := strategy.loss(ctx, batch, logits)) is not None:
+                    total = total + extra
+            if passes > 1:
+                total = total / passes
+            if parts.scaler is not None:
+                parts.scaler.scale(total).backward()
+            else:
+                total.backward()
         if parts.scaler is not None:
-            parts.scaler.scale(total).backward()
             parts.scaler.unscale_(parts.optimizer)
-        else:
-            total.backward()
         for strategy in parts.strategies:
             strategy.before_step(ctx)
         if parts.scaler is not None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..mesu import averaged_logits
 
 
 class Precision(StrEnum):
@@ -31,12 +32,18 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> Preci
 
 def forward_in(precision: Precision, device: torch.device) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
     """forward(model, x): `model`'s float32 logits for `x`, computed in `precision` on `device` (eagerly, so
-    that torch.func transforms go through it)."""
+    that torch.func transforms go through it); at test, a Bayesian model (MESU) with test samples predicts
+    their average."""
     dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision)
 
-    def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def once(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(x).float()
+
+    def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not model.training and getattr(model, "mc_samples_test", 0):
+            return averaged_logits(model, once, x)
+        return once(model, x)
     return forward
 
 
