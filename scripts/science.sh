@@ -3,7 +3,7 @@
 # first searches on validation data (seeds 100-102: never the evaluation seeds), writes each search's report
 # into docs/science/search/ and exports its best values, at full precision, into sweeps/candidates/
 # (python -m metaplastic_vit.candidates export); then it runs its seeded sweeps (seeds 0-2) and their reports.
-#   scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|reports|all]   (default: all)
+#   scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|boundaries|mesu|stream|reports|all]
 # Runs go under $METAPLASTIC_OUTPUT (default outputs/); reports into docs/science/. Every command resumes:
 # running the script again finishes what an interrupted run left (a search continues its study).
 set -euo pipefail
@@ -82,6 +82,24 @@ tasks() {  # five permuted tasks, and split digits in the class scenario, at the
   sweep science_split
 }
 
+boundaries() {  # without task boundaries (none, gradual): each setting's own meta, then hard vs none vs gradual
+  for c in bnn_ln_none bnn_ln_gradual bvit_full_none bvit_full_gradual; do
+    search meta "$c" "$c" hydra.sweeper.n_trials=8
+  done
+  sweep science_boundaries
+}
+
+mesu() {  # MESU's settings on validation (permuted digits), then MESU in every setting of the study
+  for c in bnn_ln_mesu bvit_full_mesu; do
+    search mesu "$c" "$c"
+  done
+  sweep science_mesu
+}
+
+stream() {  # the paper's stream learning on the embedded digits, beside whole-dataset training
+  sweep stream_digits
+}
+
 reports() {
   report science "$OUT/science/science"
   report baselines "$OUT/science/baselines" "$OUT"/science/science/*+candidate=bvit_full,* \
@@ -93,6 +111,9 @@ reports() {
   report probes "$OUT/science/science_probes" "$OUT"/science/science/*+candidate=bvit_full,* \
     "$OUT"/science/science/*+candidate=bnn_ln,*
   report tasks "$OUT/science/science_5tasks" "$OUT/science/science_split"
+  report boundaries "$OUT/science/science_boundaries"
+  report mesu "$OUT/science/science_mesu"
+  report stream "$OUT/science/stream_digits"
 }
 
 part() {  # part <name>: run a part, saying when it started and ended (the study's time)
@@ -102,8 +123,9 @@ part() {  # part <name>: run a part, saying when it started and ended (the study
 }
 
 case $what in
-  main|baselines|statistics|walk|capacity|probes|tasks|reports) part "$what" ;;
-  all) for p in main baselines statistics walk probes tasks capacity reports; do part $p; done ;;
-  *) echo "error: unknown part '$what'; use main, baselines, statistics, walk, capacity, probes, tasks, reports or all" >&2
+  main|baselines|statistics|walk|capacity|probes|tasks|boundaries|mesu|stream|reports) part "$what" ;;
+  all) for p in main baselines statistics walk boundaries mesu stream probes tasks capacity reports; do part $p; done ;;
+  *) echo "error: unknown part '$what'; use main, baselines, statistics, walk, capacity, probes, tasks, boundaries, mesu," \
+       "stream, reports or all" >&2
      exit 2 ;;
 esac
