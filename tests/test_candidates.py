@@ -72,3 +72,11 @@ def test_every_committed_candidate_equals_its_finished_search(monkeypatch):
         tags = OmegaConf.to_container(OmegaConf.create(path.read_text())).get("tags", {})
         for key, source in tags.get("validated_from", {}).items():
             assert not set(source["seeds"]) & evaluation, (path.name, key)
+
+
+def test_the_default_net_runs_at_its_validated_meta():
+    """`python run.py` uses the default net's meta exactly as its finished search chose it."""
+    config = OmegaConf.load(ROOT / "conf" / "config.yaml")
+    net = next(d["net"] for d in config.defaults if isinstance(d, dict) and "net" in d)
+    candidate = OmegaConf.load(ROOT / "sweeps" / "candidates" / f"{net}.yaml")
+    assert config.meta == candidate.tags.validated.meta
