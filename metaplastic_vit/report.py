@@ -344,6 +344,46 @@ def task1_curves(keys: list[str], groups: list[Group], path: Path) -> Path:
     return plots.save(fig, path)
 
 
+def size_series(groups: list[Group]) -> dict[tuple[str, bool], list[Group]]:
+    """Groups as lines over size: (net, with its depth where the net comes at several; meta 0?) -> its groups in
+    order of binary weights."""
+    depths: dict[str, set[str]] = {}
+    for g in groups:
+        depths.setdefault(g.runs[0].record.net, set()).add(g.runs[0].science.get("arch.depth", ""))
+    series: dict[tuple[str, bool], list[Group]] = {}
+    for g in groups:
+        record = g.runs[0].record
+        name = record.net + (f", depth {g.runs[0].science['arch.depth']}" if len(depths[record.net]) > 1 else "")
+        metas = record.meta if isinstance(record.meta, list) else [record.meta]
+        series.setdefault((name, not any(metas)), []).append(g)
+    return {k: sorted(v, key=lambda g: g.runs[0].record.binary_weights) for k, v in series.items()}
+
+
+def retention_vs_size(groups: list[Group], path: Path) -> Path | None:
+    """Task 1 final and newest task final against the number of binary weights (95% intervals), one line per net
+    and meta arm (0, or its own meta > 0): drawn when the groups span at least three sizes (a capacity study)."""
+    if len({g.runs[0].record.binary_weights for g in groups}) < 3:
+        return None
+    series = size_series(groups)
+    colours = {name: f"C{k}" for k, name in enumerate(dict.fromkeys(name for name, _ in series))}
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, (metric, what) in zip(axes, (("first_task", "task 1"), ("newest_task", "newest task")), strict=True):
+        for (name, off), members in series.items():
+            ax.errorbar([g.runs[0].record.binary_weights for g in members], [g.stats[metric][0] for g in members],
+                        yerr=[g.stats[metric][1] or 0.0 for g in members], fmt=":s" if off else "-o", capsize=3,
+                        color=colours[name], label=f"{name}, {'meta 0' if off else 'its own meta'}")
+        ax.set_xscale("log")
+        ax.set_xlabel("binary weights")
+        ax.set_title(f"{what} after the last task (mean, 95% intervals)", fontsize=10)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)
+
+
 def matrix_grid(keys: list[str], groups: list[Group], path: Path) -> Path:
     """Accuracy matrices (mean over seeds, each run's own protocol), one per group."""
     plt = plots.pyplot()
@@ -511,6 +551,7 @@ def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     head, rows = table_rows(keys, groups)
     figures = [p for p in (acc_vs_meta(keys, groups, out / "acc_vs_meta.png"),
                            stream_curves(keys, groups, out / "stream_accuracy.png"),
+                           retention_vs_size(groups, out / "retention_vs_size.png"),
                            task1_curves(keys, groups, out / "task1_accuracy.png"),
                            matrix_grid(keys, groups, out / "acc_matrices.png")) if p is not None]
     notes = notes_for(runs, keys, groups)

@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT, run, tiny
 
 from metaplastic_vit.errors import UserError
-from metaplastic_vit.report import build_report, load_runs, main, mean_interval, wandb_report
+from metaplastic_vit.report import build_report, load_runs, main, mean_interval, size_series, wandb_report
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,17 @@ def test_wandb_report_structure_without_network():
     plots = [p for p in grid.panels if isinstance(p, wr.LinePlot)]
     assert {tuple(p.y) for p in plots} == {("test/mean_seen_acc",), ("test/acc_task0",), ("val/acc_task0",)}
     assert any(isinstance(p, wr.RunComparer) for p in grid.panels)
+
+
+def test_a_capacity_study_is_drawn_against_binary_weights(tmp_path):
+    for hidden in (8, 16, 32):
+        for meta in (0, 5):
+            run(tmp_path / f"h{hidden}m{meta}", *tiny("net=bnn_ln", f"net.hidden=[{hidden}]", f"meta={meta}"))
+    done = build_report([tmp_path], tmp_path / "report")
+    series = size_series(done["groups"])
+    assert set(series) == {("bnn_ln", True), ("bnn_ln", False)}
+    sizes = [g.runs[0].record.binary_weights for g in series[("bnn_ln", False)]]
+    assert sizes == [64 * 8 + 8 * 10, 64 * 16 + 16 * 10, 64 * 32 + 32 * 10]  # 8x8 inputs, hidden, 10 outputs
+    assert (tmp_path / "report" / "retention_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    build_report([tmp_path / "h8m0", tmp_path / "h16m0"], tmp_path / "r2")
+    assert not (tmp_path / "r2" / "retention_vs_size.png").exists()  # two sizes: no size figure
