@@ -89,11 +89,12 @@ boundaries() {  # without task boundaries (none, gradual): each setting's own me
   sweep science_boundaries
 }
 
-mesu() {  # MESU's settings on validation (permuted digits), then MESU in every setting of the study
+mesu() {  # MESU's settings on validation (permuted digits), then MESU and the metaplastic Adam in every setting
   for c in bnn_ln_mesu bvit_full_mesu; do
     search mesu "$c" "$c"
   done
   sweep science_mesu
+  sweep science_mesu_adam
 }
 
 stream() {  # the paper's stream learning on the embedded digits, beside whole-dataset training
@@ -112,7 +113,7 @@ reports() {
     "$OUT"/science/science/*+candidate=bnn_ln,*
   report tasks "$OUT/science/science_5tasks" "$OUT/science/science_split"
   report boundaries "$OUT/science/science_boundaries"
-  report mesu "$OUT/science/science_mesu"
+  report mesu "$OUT/science/science_mesu" "$OUT/science/science_mesu_adam"
   report stream "$OUT/science/stream_digits"
 }
 
