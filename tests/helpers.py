@@ -5,8 +5,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from metaplastic_vit.loop.hooks import RunObserver
 from metaplastic_vit.runtime import InterruptedRunError
@@ -84,3 +87,27 @@ class HoldFirstAttempt(RunObserver):
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
+
+
+class Stop(Exception):
+    """Stops a run in a test, as a fault would."""
+
+
+@contextmanager
+def stopped_after_epochs(monkeypatch, epochs: int) -> Iterator[None]:
+    """The run inside stops with `Stop` once `epochs` epochs are recorded (and checkpointed); afterwards runs go on
+    undisturbed again."""
+    from metaplastic_vit.loop.trainer import ContinualTrainer
+
+    original = ContinualTrainer._epoch
+
+    def stop(self, task, epoch):
+        original(self, task, epoch)
+        if len(self.history.epochs) == epochs:
+            raise Stop
+    monkeypatch.setattr(ContinualTrainer, "_epoch", stop)
+    try:
+        with pytest.raises(Stop):
+            yield
+    finally:
+        monkeypatch.setattr(ContinualTrainer, "_epoch", original)

@@ -4,7 +4,8 @@ with weight samples, and exact resumption."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import config, run, tiny
+from conftest import run, tiny
+from helpers import stopped_after_epochs
 
 from metaplastic_vit.mesu import MESU, Gaussian, make_bayesian, mesu, synapses
 
@@ -78,9 +79,6 @@ def test_every_parameter_of_a_vit_becomes_a_gaussian_synapse_and_tests_on_its_me
 
 
 def test_a_mesu_run_trains_tests_with_samples_independent_of_the_batch_and_resumes_exactly(tmp_path, monkeypatch):
-    from metaplastic_vit.experiment import run_experiment
-    from metaplastic_vit.loop.trainer import ContinualTrainer
-
     args = tiny("net=bnn_ln", "net.hidden=[32,32]", "optimizer=mesu", "lr=1", "optimizer.samples_test=2",
                 "optimizer.samples_train=2")
     reference = run(tmp_path / "reference", *args)
@@ -88,18 +86,8 @@ def test_a_mesu_run_trains_tests_with_samples_independent_of_the_batch_and_resum
     small_batches = run(tmp_path / "small", *args, "data.eval_batch_size=7")
     assert small_batches.acc_matrix == reference.acc_matrix  # fixed weight samples, whatever the test batches
 
-    class Stop(Exception):
-        pass
-    original = ContinualTrainer._epoch
-
-    def stop_after_three(self, task, epoch):
-        original(self, task, epoch)
-        if len(self.history.epochs) == 3:
-            raise Stop
-    monkeypatch.setattr(ContinualTrainer, "_epoch", stop_after_three)
-    with pytest.raises(Stop):
-        run_experiment(config(*args), tmp_path / "resumed")
-    monkeypatch.setattr(ContinualTrainer, "_epoch", original)
+    with stopped_after_epochs(monkeypatch, 3):
+        run(tmp_path / "resumed", *args)
     resumed = run(tmp_path / "resumed", *args)
     assert resumed.resumes and resumed.epochs == reference.epochs
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import run, tiny
+from helpers import Stop, stopped_after_epochs
 
 from metaplastic_vit.data import build_tasks, parse_task_sequence
 from metaplastic_vit.loop.checkpoint import Checkpointer
@@ -161,25 +162,13 @@ def test_fp16_precision_trains_with_a_gradient_scaler(tmp_path):
     assert trainer.run().status == "completed"
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.parametrize("strategy", ["naive", "ewc", "si", "joint", "replay", "lwf"])
 def test_every_strategy_resumes_exactly(tmp_path, monkeypatch, strategy):
     """Interrupted after the third epoch (mid-task 2), then run again: the same record as without interruption."""
     args = tiny(f"strategy={strategy}", "net=bvit_full_ln", "epochs_per_task=2")
     reference = run(tmp_path / "reference", *args)
-    original = ContinualTrainer._epoch
-
-    def stop_after_three(self, task, epoch):
-        original(self, task, epoch)
-        if len(self.history.epochs) == 3:
-            raise Stop
-    monkeypatch.setattr(ContinualTrainer, "_epoch", stop_after_three)
-    with pytest.raises(Stop):
+    with stopped_after_epochs(monkeypatch, 3):
         run(tmp_path / "resumed", *args)
-    monkeypatch.setattr(ContinualTrainer, "_epoch", original)
     resumed = run(tmp_path / "resumed", *args)
     assert resumed.resumes == [{"task": 1, "epoch": 1}]
     assert resumed.epochs == reference.epochs

@@ -32,8 +32,8 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> Preci
 
 def forward_in(precision: Precision, device: torch.device) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
     """forward(model, x): `model`'s float32 logits for `x`, computed in `precision` on `device` (eagerly, so
-    that torch.func transforms go through it); at test, a Bayesian model (MESU) with test samples predicts
-    their average."""
+    that torch.func transforms go through it; `model` may be any callable of inputs, as EWC's functional
+    calls are); at test, a Bayesian model (MESU) with test samples predicts their average."""
     dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision)
 
     def once(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def forward_in(precision: Precision, device: torch.device) -> Callable[[nn.Modul
             return model(x).float()
 
     def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if not model.training and getattr(model, "mc_samples_test", 0):
+        if getattr(model, "mc_samples_test", 0) and not model.training:
             return averaged_logits(model, once, x)
         return once(model, x)
     return forward
