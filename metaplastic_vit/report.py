@@ -257,6 +257,18 @@ def _series_key(keys: list[str], group: Group) -> str:
     return ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, group.key, strict=True) if k != "meta")
 
 
+def _accuracy_axes(ax: Any, xlabel: str, ylabel: str, title: str, legend: dict[str, Any] | None = None,
+                   title_pad: float | None = None) -> None:
+    """Label an accuracy plot: axes titles, 0-100%, a light grid, the legend (`legend`: its options; None: none)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    if legend is not None:
+        ax.legend(**{"fontsize": 7, **legend})
+    ax.set_title(title, fontsize=10, pad=title_pad)
+
+
 def acc_vs_meta(keys: list[str], groups: list[Group], path: Path) -> Path | None:
     """Final ACC and task-1 accuracy against meta, one colour per other setting (95% intervals)."""
     if "meta" not in keys:
@@ -274,12 +286,8 @@ def acc_vs_meta(keys: list[str], groups: list[Group], path: Path) -> Path | None
             err = [g.stats[metric][1] or 0.0 for g in members]
             ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, color=f"C{k}", label=f"{name or 'all'}: {what}")
     ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("meta (symlog scale)")
-    ax.set_ylabel("test accuracy after the last task (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("final accuracy against the metaplastic coefficient (95% intervals)", fontsize=10)
+    _accuracy_axes(ax, "meta (symlog scale)", "test accuracy after the last task (%)",
+                   "final accuracy against the metaplastic coefficient (95% intervals)", legend={})
     return plots.save(fig, path)
 
 
@@ -305,12 +313,8 @@ def stream_curves(keys: list[str], groups: list[Group], path: Path) -> Path | No
     for k, g in enumerate(wholes, start=len(streams)):
         label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True))
         ax.axhline(g.stats["avg_acc"][0], color=f"C{k}", linestyle="--", label=f"whole dataset: {label}")
-    ax.set_xlabel("parts of the training set learned")
-    ax.set_ylabel("test accuracy on the whole test set (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("stream learning: accuracy after every part (mean over seeds, 95% intervals)", fontsize=10)
+    _accuracy_axes(ax, "parts of the training set learned", "test accuracy on the whole test set (%)",
+                   "stream learning: accuracy after every part (mean over seeds, 95% intervals)", legend={})
     return plots.save(fig, path)
 
 
@@ -334,12 +338,9 @@ def task1_curves(keys: list[str], groups: list[Group], path: Path) -> Path:
             ax.plot(np.arange(1, length + 1), curve, label=label, linewidth=1.5)
             epochs = g.runs[0].record.epochs[:length]
         plots.task_boundaries(ax, epochs)
-        ax.set_xlabel("epoch (all tasks, in training order)")
-        ax.set_ylabel("test accuracy on task 1 (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-        ax.set_title(f"{name or 'all runs'}: does task 1 survive?", pad=16, fontsize=10)
+        _accuracy_axes(ax, "epoch (all tasks, in training order)", "test accuracy on task 1 (%)",
+                       f"{name or 'all runs'}: does task 1 survive?", legend={"fontsize": 8, "loc": "lower left"},
+                       title_pad=16)  # above the task labels
     fig.tight_layout()
     return plots.save(fig, path)
 
@@ -374,12 +375,9 @@ def retention_vs_size(groups: list[Group], path: Path) -> Path | None:
                         yerr=[g.stats[metric][1] or 0.0 for g in members], fmt=":s" if off else "-o", capsize=3,
                         color=colours[name], label=f"{name}, {'meta 0' if off else 'its own meta'}")
         ax.set_xscale("log")
-        ax.set_xlabel("binary weights")
-        ax.set_title(f"{what} after the last task (mean, 95% intervals)", fontsize=10)
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=7)
+        first = metric == "first_task"
+        _accuracy_axes(ax, "binary weights", "test accuracy (%)" if first else "",
+                       f"{what} after the last task (mean, 95% intervals)", legend=None if first else {})
     fig.tight_layout()
     return plots.save(fig, path)
 
