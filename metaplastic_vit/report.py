@@ -64,10 +64,21 @@ class Group:
         return sorted({r.record.seed for r in self.runs})
 
 
+def _same_number(value: Any) -> Any:
+    """`value` with whole floats as ints (recursively), so that meta 0 and meta 0.0 are one setting."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_same_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _same_number(v) for k, v in value.items()}
+    return value
+
+
 def science_of(record: RunRecord) -> dict[str, str]:
     """The run's settings that change its numbers (as the run recorded them), without the seed, as text."""
-    return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in record.science.items()
-            if k != "seed"}
+    return {k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+            for k, v in _same_number(record.science).items() if k != "seed"}
 
 
 def load_runs(dirs: Sequence[str | Path]) -> tuple[list[Run], list[tuple[Path, str]]]:

@@ -84,6 +84,13 @@ def test_transductive_batchnorm_is_labelled_as_a_use_of_the_task_identity(tmp_pa
     assert "with the task identity through task-pure test batches (transductive BatchNorm, domain scenario)" in md
 
 
+def test_meta_0_and_meta_0_point_0_are_one_setting(sweep, tmp_path):
+    run(tmp_path / "float", *tiny("net=bvit", "meta=0.0", "seed=2"))
+    done = build_report([sweep / "meta=0,seed=0", tmp_path / "float"], tmp_path / "report")
+    (group,) = done["groups"]
+    assert group.seeds == [0, 2]
+
+
 def test_runs_with_different_task_counts_are_separate_groups(sweep, tmp_path):
     run(tmp_path / "three", *tiny("net=bvit", "meta=0", "task_sequence=[pdigits,pdigits,pdigits]"))
     done = build_report([sweep / "meta=0,seed=0", tmp_path / "three"], tmp_path / "report")
