@@ -58,6 +58,7 @@ class Group:
     runs: list[Run]
     stats: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # mean, 95% half-width
     consolidated: list[float | None] = field(default_factory=list)  # per task end, mean over runs
+    repeats: list[Run] = field(default_factory=list)  # runs of a seed already in `runs` (counted once)
 
     @property
     def seeds(self) -> list[int]:  # noqa: D102
@@ -161,8 +162,10 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[str], list[Group]]:
         by_key.setdefault(tuple(run.science.get(k, "-") for k in keys), []).append(run)
     groups = []
     for key in sorted(by_key, key=lambda k: [_order(v) for v in k]):
-        members = by_key[key]
-        group = Group(key, members)
+        seeds: dict[int, Run] = {}
+        repeats = [run for run in by_key[key] if seeds.setdefault(run.record.seed, run) is not run]
+        members = list(seeds.values())  # a seed is one sample, however many directories ran it
+        group = Group(key, members, repeats=repeats)
         for metric, _ in METRICS:
             group.stats[metric] = mean_interval([v for r in members if (v := _metric(r.record, metric)) is not None])
         shares = [_consolidated(r.record) for r in members]
@@ -237,6 +240,10 @@ def notes_for(runs: list[Run], keys: list[str], groups: list[Group]) -> list[str
              f"ACC, task 1 final, newest task final, BWT and forgetting are tested as each run's protocol says "
              f"({'; '.join(protocols)}); ACC task-aware tests every task with its identity (per-task state "
              "restored, outputs masked). Choose settings on the validation ACC, never on the test columns."]
+    repeats = [r for g in groups for r in g.repeats]
+    if repeats:
+        notes.append("Counted once, as they repeat the settings and seed of another run: "
+                     + ", ".join(str(r.path) for r in repeats) + ".")
     if any(r.record.transductive for r in runs):
         notes.append("Runs with transductive BatchNorm normalise each test batch, which holds a single task, with "
                      "its own statistics: their accuracies use the task identity even outside the task scenario "

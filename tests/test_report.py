@@ -85,10 +85,14 @@ def test_transductive_batchnorm_is_labelled_as_a_use_of_the_task_identity(tmp_pa
 
 
 def test_meta_0_and_meta_0_point_0_are_one_setting(sweep, tmp_path):
-    run(tmp_path / "float", *tiny("net=bvit", "meta=0.0", "seed=2"))
-    done = build_report([sweep / "meta=0,seed=0", tmp_path / "float"], tmp_path / "report")
+    """...and a run of a seed already counted (another directory, same settings) is counted once."""
+    run(tmp_path / "float", *tiny("net=bvit", "meta=0.0", "seed=1"))
+    done = build_report([sweep / "meta=0,seed=0", sweep / "meta=0,seed=1", tmp_path / "float"], tmp_path / "report")
     (group,) = done["groups"]
-    assert group.seeds == [0, 2]
+    assert group.seeds == [0, 1] and len(group.runs) == 2 and len(group.repeats) == 1
+    assert group.stats["avg_acc"] == mean_interval([r.record.avg_acc for r in group.runs])
+    assert "Counted once, as they repeat the settings and seed of another run: " in (
+        tmp_path / "report" / "report.md").read_text()
 
 
 def test_runs_with_different_task_counts_are_separate_groups(sweep, tmp_path):
