@@ -49,6 +49,26 @@ def test_each_job_logs_its_own_offline_run(tmp_path, monkeypatch):
     assert len(ids) == 2
 
 
+def test_a_pruned_run_says_so_in_its_summary_and_tags(tmp_path, monkeypatch):
+    """A search's pruned trial ends its W&B run marked `pruned`, with the reason, not as a finished success."""
+    from metaplastic_vit.record import read_record
+    from metaplastic_vit.sinks.wandb_sink import WandbSink
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(tmp_path / "done", *tiny("net=bnn", "net.hidden=[16]"))
+    record = read_record(tmp_path / "done" / "results.json")
+    record.status, record.reason = "pruned", "pruned by the search's median pruner after task 1 epoch 2"
+    sink = WandbSink(tmp_path / "pruned", mode="offline")
+    (tmp_path / "pruned").mkdir()
+    sink.start(record, resumed=False)
+    sink.finish(record)
+    sink.close()
+    (run_file,) = (tmp_path / "pruned").glob("wandb/offline-run-*/run-*.wandb")
+    summary = _summary(run_file)
+    assert summary["summary"]["status"] == "pruned" and "median pruner" in summary["summary"]["reason"]
+    assert "pruned" in summary["tags"]
+
+
 def test_resume_continues_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     args = tiny("logger=wandb", "logger.wandb.mode=offline")

@@ -195,6 +195,9 @@ class WandbSink(RunObserver):
             for stem, fig in plots.run_figures(record).items():
                 self.run.log({f"plots/{stem}": wandb.Image(fig)}, commit=False)
                 plots.pyplot().close(fig)
+        if record.status in ("pruned", "failed", "interrupted"):  # findable among a group's finished runs
+            self.run.tags = (*self.run.tags, record.status)
+            self.run.summary["reason"] = record.reason
         self.run.summary.update({k: getattr(record, k) for k in (
             "status", "scenario", "avg_acc", "bwt", "forgetting", "fwt", "avg_acc_task_aware", "bwt_task_aware",
             "forgetting_task_aware", "val_avg_acc")})
