@@ -3,7 +3,7 @@
 # first searches on validation data (seeds 100-102: never the evaluation seeds), writes each search's report
 # into docs/science/search/ and exports its best values, at full precision, into sweeps/candidates/
 # (python -m metaplastic_vit.candidates export); then it runs its seeded sweeps (seeds 0-2) and their reports.
-#   scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|boundaries|mesu|stream|reports|all]
+#   [SEARCH_TRIALS=8] scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|boundaries|mesu|stream|reports|all]
 # Runs go under $METAPLASTIC_OUTPUT (default outputs/); reports into docs/science/. Every command resumes:
 # running the script again finishes what an interrupted run left (a search continues its study).
 set -euo pipefail
@@ -13,6 +13,7 @@ OUT=${METAPLASTIC_OUTPUT:-outputs}
 export METAPLASTIC_OUTPUT=$OUT
 QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=none)
 DOCS=docs/science
+TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta search (this round: 5 for the walk and the boundaries)
 what=${1:-all}
 
 # search <search> <candidate> <label> [overrides...]: run a named search for a candidate, report it into
@@ -40,7 +41,7 @@ report() {  # report <out> <dir> [<dir> ...]
 
 main() {
   for c in bnn_ln bvit_full bnn vit bvit; do
-    search meta "$c" "$c" hydra.sweeper.n_trials=8
+    search meta "$c" "$c" hydra.sweeper.n_trials="$TRIALS"
   done
   sweep science
 }
@@ -60,7 +61,7 @@ statistics() {
 
 walk() {
   for c in walk_vitwidth walk_gelu walk_resid walk_prenorm; do
-    search meta "$c" "$c" hydra.sweeper.n_trials=8
+    search meta "$c" "$c" hydra.sweeper.n_trials="$TRIALS"
   done
   sweep science_walk
 }
@@ -68,7 +69,7 @@ walk() {
 capacity() {  # one search seed per trial (seed 100): the larger ViTs take minutes per run
   for c in bnn_ln_h64 bnn_ln_h128 bnn_ln_h256 bnn_ln_h512 bnn_ln_h1024 bvit_full_e64 bvit_full_e128 \
       bvit_full_e64_d4 bvit_full_e128_d4 bvit_full_e256 bvit_full_e192_d4; do
-    search meta_lr "$c" "$c" hydra.sweeper.n_trials=8 "hydra.sweeper.seeds=[100]"
+    search meta_lr "$c" "$c" hydra.sweeper.n_trials="$TRIALS" "hydra.sweeper.seeds=[100]"
   done
   sweep science_capacity
 }
@@ -84,7 +85,7 @@ tasks() {  # five permuted tasks, and split digits in the class scenario, at the
 
 boundaries() {  # without task boundaries (none, gradual): each setting's own meta, then hard vs none vs gradual
   for c in bnn_ln_none bnn_ln_gradual bvit_full_none bvit_full_gradual; do
-    search meta "$c" "$c" hydra.sweeper.n_trials=8
+    search meta "$c" "$c" hydra.sweeper.n_trials="$TRIALS"
   done
   sweep science_boundaries
 }
