@@ -25,6 +25,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from .binarize import BinaryScale
 from .data.boundaries import Boundaries
@@ -437,6 +438,13 @@ def validate(cfg: DictConfig) -> Config:
         return OmegaConf.to_object(cfg)
     except UserError:
         raise
+    except InterpolationKeyError as exc:
+        missing = re.search(r"'(tags\.validated\.[\w.]+)'", str(exc))
+        if missing is None:
+            raise
+        raise UserError(f"this configuration reads {missing[1]}, which its candidate in sweeps/candidates/ does not "
+                        "hold yet: run the candidate's search first (scripts/science.sh names the search of each "
+                        "part), which exports the value") from None
     except Exception as exc:  # OmegaConf wraps a check's error with its key
         cause = exc.__cause__ if isinstance(exc.__cause__, UserError) else None
         if cause is not None:
