@@ -13,7 +13,7 @@ OUT=${METAPLASTIC_OUTPUT:-outputs}
 export METAPLASTIC_OUTPUT=$OUT
 QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=none)
 DOCS=docs/science
-TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta search (this round: 5 for the walk and the boundaries)
+TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta search
 what=${1:-all}
 
 # search <search> <candidate> <label> [overrides...]: run a named search for a candidate, report it into
