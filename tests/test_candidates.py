@@ -77,6 +77,6 @@ def test_every_committed_candidate_equals_its_finished_search(monkeypatch):
 def test_the_default_net_runs_at_its_validated_meta():
     """`python run.py` uses the default net's meta exactly as its finished search chose it."""
     config = OmegaConf.load(ROOT / "conf" / "config.yaml")
-    net = next(d["net"] for d in config.defaults if isinstance(d, dict) and "net" in d)
+    net = next(d["net"] for d in OmegaConf.to_container(config.defaults) if isinstance(d, dict) and "net" in d)
     candidate = OmegaConf.load(ROOT / "sweeps" / "candidates" / f"{net}.yaml")
     assert config.meta == candidate.tags.validated.meta

@@ -145,7 +145,12 @@ def test_every_candidate_arm_baseline_probe_and_search_composes():
             for arm in arms:
                 experiment.validate(compose_with(f"+candidate={path.stem}", f"+arm={arm}"))
             for probe in ("freeze", "late") if "meta" in validated else ():
-                experiment.validate(compose_with(f"+candidate={path.stem}", f"+probe={probe}"))
+                cfg = compose_with(f"+candidate={path.stem}", f"+probe={probe}")
+                if cfg.data.boundaries == "hard":
+                    experiment.validate(cfg)
+                else:  # both probes act at a task's end, which a boundary-free candidate never reaches
+                    with pytest.raises(UserError, match="needs task boundaries"):
+                        experiment.validate(cfg)
             for baseline in sorted(validated.keys() & set(baselines)):  # the strengths chosen for this candidate
                 cfg = compose_with(f"+candidate={path.stem}", f"+baseline={baseline}")
                 experiment.validate(cfg)
