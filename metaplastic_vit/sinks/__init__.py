@@ -7,23 +7,8 @@ a YAML file in conf/logger/ that lists its node (`- /schema/sink/<name>@<name>`)
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Callable
+from ..registry import Registry
 
-SINKS: dict[str, type] = {}  # sink name -> its config dataclass
-
-
-def register_sink(name: str) -> Callable[[type], type]:
-    """Class decorator: `cls` is the config schema of sink `name`."""
-    def register(cls: type) -> type:
-        SINKS[name] = cls
-        return cls
-    return register
-
-
-def load_all() -> dict[str, type]:
-    """Import every sink module (each registers its schema) and return the registry."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    return SINKS
+SINKS = Registry(__name__, __path__)  # sink name -> its config dataclass
+register_sink = SINKS.register
+load_all = SINKS.load_all

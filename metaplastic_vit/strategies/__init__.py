@@ -8,15 +8,13 @@ is built with the model and the task set (`strategy(model=..., data=...)`), ever
 from __future__ import annotations
 
 import fnmatch
-import importlib
-import pkgutil
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from omegaconf import MISSING
 from torch import nn
 
 from ..data import Scenario
+from ..registry import Registry
 
 
 @dataclass
@@ -32,22 +30,9 @@ class StrategyConfig:
         return None
 
 
-STRATEGIES: dict[str, type] = {}  # strategy name -> its config dataclass (the schema of conf/strategy/<name>.yaml)
-
-
-def register_strategy(name: str) -> Callable[[type], type]:
-    """Class decorator: `cls` is the config schema of strategy `name`."""
-    def register(cls: type) -> type:
-        STRATEGIES[name] = cls
-        return cls
-    return register
-
-
-def load_all() -> dict[str, type]:
-    """Import every strategy module (each registers its schema) and return the registry."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    return STRATEGIES
+STRATEGIES = Registry(__name__, __path__)  # strategy name -> its config dataclass (conf/strategy/<name>.yaml)
+register_strategy = STRATEGIES.register
+load_all = STRATEGIES.load_all
 
 
 def protected_parameters(model: nn.Module, scenario: Scenario) -> list[nn.Parameter]:
