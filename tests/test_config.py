@@ -119,9 +119,12 @@ def test_every_named_sweep_composes_with_every_value_of_its_parameters():
     with composer() as compose_with:
         for path in sorted((ROOT / "sweeps" / "grid").glob("*.yaml")):
             full = compose_with(f"+sweep={path.stem}", return_hydra_config=True)
-            params = full.hydra.sweeper.get("params") or {}
-            for values in itertools.product(*(str(v).split(",") for v in params.values())):  # every job
-                overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
+            params = {k: str(v).split(",") for k, v in (full.hydra.sweeper.get("params") or {}).items()}
+            seeds = params.pop("seed", [])  # a seed changes no composition: each value once, with the first job
+            jobs = [dict(zip(params, values, strict=True)) for values in itertools.product(*params.values())]
+            jobs += [{**jobs[0], "seed": seed} for seed in seeds]
+            for job in jobs:  # every combination of every other parameter's values
+                overrides = [f"{k}={v}" for k, v in job.items()]
                 try:
                     experiment.validate(compose_with(f"+sweep={path.stem}", *overrides))
                 except UserError as exc:
