@@ -5,6 +5,7 @@ import itertools
 import pytest
 from conftest import ROOT, composer, config, run, tiny
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metaplastic_vit import experiment
@@ -106,8 +107,6 @@ def test_hydras_multi_line_errors_become_one_line():
 
 def validated_values(candidate: str) -> dict:
     """The values a candidate's searches have exported so far."""
-    from omegaconf import OmegaConf
-
     tags = OmegaConf.load(ROOT / "sweeps" / "candidates" / f"{candidate}.yaml").get("tags") or {}
     return dict(tags.get("validated") or {})
 
@@ -136,13 +135,11 @@ def test_every_named_sweep_composes_with_every_value_of_its_parameters():
 
 
 def test_every_candidate_arm_baseline_probe_and_search_composes():
-    from omegaconf import OmegaConf
-
     baselines = sorted(p.stem for p in (ROOT / "sweeps" / "baseline").glob("*.yaml"))
     assert baselines == ["ewc", "joint", "lwf", "replay", "si"]
     with composer() as compose_with:
         for path in sorted((ROOT / "sweeps" / "candidates").glob("*.yaml")):
-            validated = (OmegaConf.load(path).get("tags") or {}).get("validated", {})
+            validated = validated_values(path.stem)
             arms = ("validated", "no_meta") if "meta" in validated else ()
             arms += ("validated_layers",) if {"attn", "io"} <= validated.keys() else ()
             for arm in arms:
