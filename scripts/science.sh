@@ -13,7 +13,7 @@ OUT=${METAPLASTIC_OUTPUT:-outputs}
 export METAPLASTIC_OUTPUT=$OUT
 QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=none)
 DOCS=docs/science
-TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta search
+TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta, meta_lr and MESU search
 what=${1:-all}
 
 # search <search> <candidate> <label> [overrides...]: run a named search for a candidate, report it into
@@ -92,7 +92,7 @@ boundaries() {  # without task boundaries (none, gradual): each setting's own me
 
 mesu() {  # MESU's settings on validation (permuted digits), then MESU and the metaplastic Adam in every setting
   for c in bnn_ln_mesu bvit_full_mesu; do
-    search mesu "$c" "$c"
+    search mesu "$c" "$c" hydra.sweeper.n_trials="$TRIALS"
   done
   sweep science_mesu
   sweep science_mesu_adam
