@@ -5,6 +5,7 @@ They skip when no cluster is reachable, except in CI (CI set), where a missing S
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,6 +77,13 @@ def _held_job(out: Path, proc) -> str:
     return wait_until(held, "the Slurm job's second epoch", timeout=180, proc=proc, interval=0.1)
 
 
+def _restarts(job: str) -> int:
+    """How many times Slurm restarted (requeued) a job, from its record (kept MinJobAge seconds after it ends)."""
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
+    (count,) = re.findall(r"\bRestarts=(\d+)", shown)
+    return int(count)
+
+
 def _reference(tmp_path, extra=()):
     """The same experiment uninterrupted, in this process on one thread (as a Slurm job with 1 CPU runs it)."""
     return run(tmp_path / "reference", *RUN, *extra, "threads=1").to_dict()
@@ -96,7 +104,10 @@ def test_preempted_job_requeues_and_resumes_to_identical_results(tmp_path):
     res = read_results(path.parent)
     assert res["status"] == "completed" and res["resumes"] == [{"task": 0, "epoch": 2}]
     logs = _job_logs(out)
-    assert "Requeued job" in logs and "resuming from" in logs and "at task" in logs
+    # submitit logs "Requeued job" only after `scontrol requeue` returns, and Slurm may stop the attempt first:
+    # the scheduler's own count of restarts is the record that cannot be lost
+    assert "Caught signal SIGUSR2" in logs and "resuming from" in logs and "at task" in logs
+    assert _restarts(job) == 1
     expected = _reference(tmp_path, extra)
     assert res["epochs"] == expected["epochs"] and res["acc_matrix"] == expected["acc_matrix"]
 
