@@ -152,4 +152,5 @@ def test_a_real_error_is_not_requeued(tmp_path):
     proc = run_cli(["-m", "hydra/launcher=slurm", "net=bvit", "lr=-1", "epochs_per_task=1"], tmp_path,
                    env=SLURM_ENV, timeout=200)
     assert proc.returncode == 2 and "lr must be > 0" in proc.stderr
-    assert "Requeued" not in _job_logs(tmp_path)
+    (job,) = [p.name for p in tmp_path.glob("multirun/*/.submitit/*") if p.is_dir()]
+    assert _restarts(job) == 0 and "Requeued" not in _job_logs(tmp_path)
