@@ -3,7 +3,7 @@
 # first searches on validation data (seeds 100-102: never the evaluation seeds), writes each search's report
 # into docs/science/search/ and exports its best values, at full precision, into sweeps/candidates/
 # (python -m metaplastic_vit.candidates export); then it runs its seeded sweeps (seeds 0-2) and their reports.
-#   [SEARCH_TRIALS=8] scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|boundaries|mesu|stream|reports|all]
+#   [SEARCH_TRIALS=8] [CAPACITY_SIZES='bnn_ln_h64 ...'] scripts/science.sh [main|baselines|statistics|walk|capacity|probes|tasks|boundaries|mesu|stream|reports|all]
 # Runs go under $METAPLASTIC_OUTPUT (default outputs/); reports into docs/science/. Every command resumes:
 # running the script again finishes what an interrupted run left (a search continues its study).
 set -euo pipefail
@@ -14,6 +14,9 @@ export METAPLASTIC_OUTPUT=$OUT
 QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=none)
 DOCS=docs/science
 TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta, meta_lr and MESU search
+# the sizes of the capacity part (default: all eleven of sweeps/grid/science_capacity.yaml)
+SIZES=${CAPACITY_SIZES:-bnn_ln_h64 bnn_ln_h128 bnn_ln_h256 bnn_ln_h512 bnn_ln_h1024 bvit_full_e64 bvit_full_e128 \
+bvit_full_e64_d4 bvit_full_e128_d4 bvit_full_e256 bvit_full_e192_d4}
 what=${1:-all}
 
 # search <search> <candidate> <label> [overrides...]: run a named search for a candidate, report it into
@@ -28,9 +31,11 @@ search() {
   "$PY" -m metaplastic_vit.candidates export "$DOCS/search/$name/$label/searches/$label" "$candidate"
 }
 
-# sweep <name>: a seeded sweep of sweeps/<name>.yaml under $OUT/science/<name>
+# sweep <name> [overrides...]: a seeded sweep of sweeps/<name>.yaml under $OUT/science/<name>
 sweep() {
-  "$PY" run.py -m "+sweep=$1" hydra.sweep.dir="$OUT/science/$1" "${QUIET[@]}"
+  local name=$1
+  shift
+  "$PY" run.py -m "+sweep=$name" "$@" hydra.sweep.dir="$OUT/science/$name" "${QUIET[@]}"
 }
 
 report() {  # report <out> <dir> [<dir> ...]
@@ -67,11 +72,11 @@ walk() {
 }
 
 capacity() {  # one search seed per trial (seed 100): the larger ViTs take minutes per run
-  for c in bnn_ln_h64 bnn_ln_h128 bnn_ln_h256 bnn_ln_h512 bnn_ln_h1024 bvit_full_e64 bvit_full_e128 \
-      bvit_full_e64_d4 bvit_full_e128_d4 bvit_full_e256 bvit_full_e192_d4; do
+  local c
+  for c in $SIZES; do
     search meta_lr "$c" "$c" hydra.sweeper.n_trials="$TRIALS" "hydra.sweeper.seeds=[100]"
   done
-  sweep science_capacity
+  sweep science_capacity "+candidate=${SIZES// /,}"
 }
 
 probes() {
