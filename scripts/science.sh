@@ -96,9 +96,11 @@ boundaries() {  # without task boundaries (none, gradual): each setting's own me
 }
 
 mesu() {  # MESU's settings on validation (permuted digits), then MESU and the metaplastic Adam in every setting
-  for c in bnn_ln_mesu bvit_full_mesu; do
-    search mesu "$c" "$c" hydra.sweeper.n_trials="$TRIALS"
-  done
+  search mesu bnn_ln_mesu bnn_ln_mesu hydra.sweeper.n_trials="$TRIALS"
+  # the ViT's gradients are far smaller than the MLP's: in the MLP's range (lr 0.1-10) no trial learned at all
+  # (docs/science/search/mesu/bvit_full_mesu_mlp_range), so its means' rate is searched higher
+  search mesu bvit_full_mesu bvit_full_mesu hydra.sweeper.n_trials="$TRIALS" "lr=tag(log,interval(10,100000))" \
+    "optimizer.sigma_prior=tag(log,interval(0.001,0.05))"
   sweep science_mesu
   sweep science_mesu_adam
 }
