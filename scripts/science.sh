@@ -97,8 +97,8 @@ boundaries() {  # without task boundaries (none, gradual): each setting's own me
 
 mesu() {  # MESU's settings on validation (permuted digits), then MESU and the metaplastic Adam in every setting
   search mesu bnn_ln_mesu bnn_ln_mesu hydra.sweeper.n_trials="$TRIALS"
-  # the ViT's gradients are far smaller than the MLP's: in the MLP's range (lr 0.1-10) no trial learned at all
-  # (docs/science/search/mesu/bvit_full_mesu_mlp_range), so its means' rate is searched higher
+  # the ViT's gradients are far smaller than the MLP's: in the MLP's range (lr 0.1-10) no trial of 5 learned at
+  # all (validation 9-11%), so its means' rate is searched higher
   search mesu bvit_full_mesu bvit_full_mesu hydra.sweeper.n_trials="$TRIALS" "lr=tag(log,interval(10.0,100000.0))" \
     "optimizer.sigma_prior=tag(log,interval(0.001,0.05))"
   sweep science_mesu
