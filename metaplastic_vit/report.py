@@ -309,6 +309,13 @@ def acc_vs_meta(keys: list[str], groups: list[Group], path: Path) -> Path | None
     return plots.save(fig, path)
 
 
+def distinct_labels(keys: list[str], groups: list[Group]) -> list[str]:
+    """A legend label per group naming only the settings that differ among `groups` (the lines of one figure),
+    so that settings shared by every line, or varying only in the report's other groups, do not crowd it."""
+    shown = [i for i in range(len(keys)) if len({g.key[i] for g in groups}) > 1]
+    return [", ".join(f"{_label(keys[i])} {_value(keys[i], g.key[i])}" for i in shown) for g in groups]
+
+
 def stream_curves(keys: list[str], groups: list[Group], path: Path) -> Path | None:
     """Streams (stream:<dataset>:<N>): test accuracy on the whole test set after every part (mean over seeds, 95%
     intervals), one line per setting, beside the same nets trained on the whole dataset at once (their final
@@ -316,23 +323,23 @@ def stream_curves(keys: list[str], groups: list[Group], path: Path) -> Path | No
     streams = [g for g in groups if g.runs[0].record.stream]
     if not streams:
         return None
+    wholes = [g for g in groups if not g.runs[0].record.stream and len(g.runs[0].record.tasks) == 1]
+    labels = distinct_labels(keys, streams + wholes)
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, g in enumerate(streams):
         curves = np.array([[row[0] for row in r.record.acc_matrix] for r in g.runs])
-        label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "stream"
         x = np.arange(1, curves.shape[1] + 1)
         mean = curves.mean(0)
-        ax.plot(x, mean, "-", color=f"C{k}", label=label)
+        ax.plot(x, mean, "-", color=f"C{k}", label=f"stream: {labels[k]}" if labels[k] else "stream")
         if len(g.runs) > 1:
             half = [mean_interval(list(col))[1] for col in curves.T]
             ax.fill_between(x, mean - half, mean + half, color=f"C{k}", alpha=0.15)
-    wholes = [g for g in groups if not g.runs[0].record.stream and len(g.runs[0].record.tasks) == 1]
     for k, g in enumerate(wholes, start=len(streams)):
-        label = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True))
-        ax.axhline(g.stats["avg_acc"][0], color=f"C{k}", linestyle="--", label=f"whole dataset: {label}")
+        ax.axhline(g.stats["avg_acc"][0], color=f"C{k}", linestyle="--", label=f"whole dataset: {labels[k]}")
     _accuracy_axes(ax, "parts of the training set learned", "test accuracy on the whole test set (%)",
-                   "stream learning: accuracy after every part (mean over seeds, 95% intervals)", legend={})
+                   "stream learning: accuracy after every part (mean over seeds, 95% intervals)",
+                   legend={"loc": "upper center", "bbox_to_anchor": (0.5, -0.13)})
     return plots.save(fig, path)
 
 

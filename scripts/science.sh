@@ -14,9 +14,9 @@ export METAPLASTIC_OUTPUT=$OUT
 QUIET=(hydra/launcher=local logger.files.plots=false logger.console.progress=none)
 DOCS=docs/science
 TRIALS=${SEARCH_TRIALS:-8}  # trials of each meta, meta_lr and MESU search
-# the sizes of the capacity part (default: all eleven of sweeps/grid/science_capacity.yaml)
-SIZES=${CAPACITY_SIZES:-bnn_ln_h64 bnn_ln_h128 bnn_ln_h256 bnn_ln_h512 bnn_ln_h1024 bvit_full_e64 bvit_full_e128 \
-bvit_full_e64_d4 bvit_full_e128_d4 bvit_full_e256 bvit_full_e192_d4}
+# the sizes of the capacity part (default: every +candidate of sweeps/grid/science_capacity.yaml)
+GRID_SIZES=$(sed -n 's/^ *+candidate: *//p' sweeps/grid/science_capacity.yaml)
+SIZES=${CAPACITY_SIZES:-${GRID_SIZES//,/ }}
 what=${1:-all}
 
 # search <search> <candidate> <label> [overrides...]: run a named search for a candidate, report it into
@@ -122,7 +122,9 @@ reports() {
   report walk "$OUT/science/science_walk" "$OUT"/science/science/*+candidate=bnn_ln,* \
     "$OUT"/science/science/*+candidate=bvit_full,*
   report capacity "$OUT/science/science_capacity"
-  report attention "$OUT/science/science_attention" "$OUT"/science/science/*+candidate=bvit_full,*
+  # bvit_full with one meta (and without): the hard-boundary rows of +sweep=science_boundaries, which repeat
+  # +sweep=science's bit for bit
+  report attention "$OUT/science/science_attention" "$OUT"/science/science_boundaries/*+candidate=bvit_full,*
   report probes "$OUT/science/science_probes" "$OUT"/science/science/*+candidate=bvit_full,* \
     "$OUT"/science/science/*+candidate=bnn_ln,*
   report tasks "$OUT/science/science_5tasks" "$OUT/science/science_split"

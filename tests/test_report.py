@@ -1,12 +1,21 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, run, tiny
 
 from metaplastic_vit.errors import UserError
-from metaplastic_vit.report import build_report, load_runs, main, mean_interval, size_series, wandb_report
+from metaplastic_vit.report import (
+    build_report,
+    distinct_labels,
+    load_runs,
+    main,
+    mean_interval,
+    size_series,
+    wandb_report,
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +156,10 @@ def test_a_capacity_study_is_drawn_against_binary_weights(tmp_path):
     assert (tmp_path / "report" / "retention_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     build_report([tmp_path / "h8m0", tmp_path / "h16m0"], tmp_path / "r2")
     assert not (tmp_path / "r2" / "retention_vs_size.png").exists()  # two sizes: no size figure
+
+
+def test_a_figure_names_its_lines_by_what_differs_among_them():
+    keys = ["net", "meta", "lr"]
+    lines = [SimpleNamespace(key=("bnn_ln", "0", "0.005")), SimpleNamespace(key=("bnn_ln", "58.19", "0.005"))]
+    assert distinct_labels(keys, lines) == ["meta 0", "meta 58.19"]
+    assert distinct_labels(keys, lines[:1]) == [""]
