@@ -33,6 +33,9 @@ TRIALS = "trials.json"  # a search's trials: values, objectives and their standa
 STATUSES = ("running", "completed", "pruned", "failed", "interrupted")
 # The record's validation metrics: what a search may optimise (the test metrics are only reported)
 VALIDATION_METRICS = ("val_avg_acc", "val_old_acc", "val_new_acc")
+# the record's end-of-run numbers (RunRecord fields), as W&B's run summary carries them
+SUMMARY_METRICS = ("avg_acc", "bwt", "forgetting", "fwt", "avg_acc_task_aware", "bwt_task_aware",
+                   "forgetting_task_aware", "val_avg_acc")
 
 
 class MalformedRecordError(ValueError):

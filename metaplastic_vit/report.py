@@ -581,7 +581,7 @@ def build_report(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     if skipped:
         notes.append(f"Skipped {len(skipped)} runs: " + ", ".join(f"{p.parent.name} ({s})" for p, s in skipped))
     table = markdown_table(head, rows)
-    searches = [found for d in dirs for p in sorted({q.parent for q in Path(d).rglob("search.json")})
+    searches = [found for d in dirs for p in sorted({q.parent for q in Path(d).rglob(SEARCH)})
                 if (found := load_search(p)) is not None]
     search_lines: list[str] = []
     for search in searches:

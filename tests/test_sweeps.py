@@ -223,3 +223,18 @@ def test_a_pruned_trial_stops_early_is_marked_everywhere_and_counts_toward_the_b
     assert f"and {len(search.pruned)} pruned" in (cli.out / "report" / "report.md").read_text()
     proc = cli(*SEARCH, "hydra.sweeper.pruner=median", "hydra.sweeper.objectives=[val_old_acc,val_new_acc]")
     assert proc.returncode == 2 and "a search on several objectives cannot prune" in proc.stderr
+
+
+def test_a_search_prunes_through_the_local_launcher(cli):
+    """The local launcher runs each job in its own process: the trial sink there reports every epoch to the study
+    the sweeper holds (its journal file), so trials are pruned as with the basic launcher (one job at a time, so
+    the pruner's decisions are deterministic)."""
+    base = ["-m", "+search=meta", "net=bnn", "net.hidden=[32]", *tiny("epochs_per_task=3")]
+    trials = _search(cli, "hydra/launcher=local", "hydra.launcher.max_parallel=1", "hydra.sweeper.pruner=median",
+                     "hydra.sweeper.startup_trials=2", "hydra.sweeper.seeds=[100]", "hydra.sweeper.n_trials=5",
+                     f"hydra.sweep.dir={cli.out}/p", base=base)
+    states = [t["state"] for t in trials]
+    assert len(trials) == 5 and "PRUNED" in states and states[:2] == ["COMPLETE", "COMPLETE"]
+    for t in (t for t in trials if t["state"] == "PRUNED"):
+        (record,) = [read_results(d) for d in t["run_dirs"]]
+        assert record["status"] == "pruned" and len(record["epochs"]) < 6

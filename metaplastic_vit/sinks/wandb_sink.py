@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from .. import plots
 from ..loop.hooks import RunObserver
-from ..record import EpochRecord, RunRecord, flat_config
+from ..record import SUMMARY_METRICS, EpochRecord, RunRecord, flat_config
 from . import register_sink
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,7 @@ class WandbSink(RunObserver):
         if record.status in ("pruned", "failed", "interrupted"):  # findable among a group's finished runs
             self.run.tags = (*self.run.tags, record.status)
             self.run.summary["reason"] = record.reason
-        self.run.summary.update({k: getattr(record, k) for k in (
-            "status", "scenario", "avg_acc", "bwt", "forgetting", "fwt", "avg_acc_task_aware", "bwt_task_aware",
-            "forgetting_task_aware", "val_avg_acc")})
+        self.run.summary.update({k: getattr(record, k) for k in ("status", "scenario", *SUMMARY_METRICS)})
 
     def close(self) -> None:  # noqa: D102
         if self.run is not None:
