@@ -17,7 +17,7 @@ import math
 import shutil
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,7 +257,7 @@ def notes_for(runs: list[Run], keys: list[str], groups: list[Group]) -> list[str
         meta = g.runs[0].record.meta
         shares = [s for s in g.consolidated if s is not None]
         if meta and shares and max(shares) < NO_EFFECT_BELOW:
-            others = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True) if k != "meta")
+            others = _series_key(keys, g)
             idle.append(f"meta {meta}" + (f" ({others})" if others else ""))
     if idle:
         notes.append(f"No measurable effect on this budget: {_join(idle)} consolidated under "
@@ -271,8 +271,13 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def _describe(settings: Iterable[tuple[str, str]]) -> str:
+    """(key, value) settings as 'label value, label value' for titles, legends and notes."""
+    return ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in settings)
+
+
 def _series_key(keys: list[str], group: Group) -> str:
-    return ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, group.key, strict=True) if k != "meta")
+    return _describe((k, v) for k, v in zip(keys, group.key, strict=True) if k != "meta")
 
 
 def _accuracy_axes(ax: Any, xlabel: str, ylabel: str, title: str, legend: dict[str, Any] | None = None,
@@ -313,7 +318,7 @@ def distinct_labels(keys: list[str], groups: list[Group]) -> list[str]:
     """A legend label per group naming only the settings that differ among `groups` (the lines of one figure),
     so that settings shared by every line, or varying only in the report's other groups, do not crowd it."""
     shown = [i for i in range(len(keys)) if len({g.key[i] for g in groups}) > 1]
-    return [", ".join(f"{_label(keys[i])} {_value(keys[i], g.key[i])}" for i in shown) for g in groups]
+    return [_describe((keys[i], g.key[i]) for i in shown) for g in groups]
 
 
 def stream_curves(keys: list[str], groups: list[Group], path: Path) -> Path | None:
@@ -417,7 +422,7 @@ def matrix_grid(keys: list[str], groups: list[Group], path: Path) -> Path:
     for ax, g in zip(axes.flat, groups, strict=False):
         record = g.runs[0].record
         mean = np.mean([r.record.acc_matrix for r in g.runs], axis=0).tolist()
-        title = ", ".join(f"{_label(k)} {_value(k, v)}" for k, v in zip(keys, g.key, strict=True)) or "all runs"
+        title = _describe(zip(keys, g.key, strict=True)) or "all runs"
         im = plots.matrix_heatmap(ax, mean, record.tasks, title=f"{title}\n(tested: {record.tested})",
                                   columns=record.columns or record.tasks)
     for ax in list(axes.flat)[len(groups):]:
